@@ -1,0 +1,30 @@
+# The README's two commands: `make demo` and `make test`. Each creates .venv and installs
+# what it needs; `make test` also installs the servers the tests start (PostgreSQL) when
+# they are missing and it may (root on Debian).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+.PHONY: demo test lint system bench
+demo: $(VENV)/.installed
+	$(PY) -m engine demo
+
+system:
+	bash .ci/system-packages
+
+test: $(VENV)/.installed system
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check engine tests bench
+
+bench: $(VENV)/.installed
+	$(PY) bench/render.py
+	$(PY) bench/send.py
+	$(PY) bench/plan.py

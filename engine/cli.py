@@ -1,0 +1,180 @@
+"""The command line: parse, configure, run, report errors as sentences (exit 1 or 2)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence as Seq
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from rich.console import Console
+
+from engine.clock import Clock, FixedClock, SystemClock, parse_instant
+from engine.errors import EngineError, SettingsError
+from engine.settings import load_settings
+
+EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--settings",
+        default=argparse.SUPPRESS,
+        help="settings file (default ./settings.toml or $ENGINE_SETTINGS)",
+    )
+    common.add_argument(
+        "--now",
+        default=argparse.SUPPRESS,
+        help="the clock for this command, ISO-8601 (or $ENGINE_NOW)",
+    )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="log decisions (-vv for debug)",
+    )
+
+    p = argparse.ArgumentParser(
+        prog="python -m engine", parents=[common], description="Referral email campaign engine."
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    v = sub.add_parser("validate", parents=[common], help="check sequence files and templates")
+    v.add_argument("paths", nargs="*", type=Path, help="sequence files or folders")
+
+    c = sub.add_parser("contacts", parents=[common], help="manage contacts")
+    csub = c.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ci = csub.add_parser("import", parents=[common], help="upsert contacts from a CSV file")
+    ci.add_argument("file", type=Path)
+
+    sub.add_parser("tick", parents=[common], help="one pass: enroll, plan and send what is due")
+    r = sub.add_parser("run", parents=[common], help="scheduler loop until SIGTERM/SIGINT")
+    r.add_argument("--interval", type=float, default=None, help="seconds between passes")
+
+    e = sub.add_parser("explain", parents=[common], help="why a contact is (not) in each sequence")
+    e.add_argument("--contact", required=True, metavar="EMAIL")
+
+    s = sub.add_parser("simulate", parents=[common], help="dry run: what would be sent, when")
+    s.add_argument("sequence")
+    s.add_argument("--contact", metavar="EMAIL")
+    s.add_argument("--days", type=int, default=60)
+
+    pv = sub.add_parser("preview", parents=[common], help="render one step for one contact")
+    pv.add_argument("sequence")
+    pv.add_argument("step")
+    pv.add_argument("--contact", required=True, metavar="EMAIL")
+    pv.add_argument("--out", type=Path, help="write .eml (or .html) here")
+
+    rf = sub.add_parser("referrals", parents=[common], help="record introductions and conversions")
+    rsub = rf.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ra = rsub.add_parser("add", parents=[common], help="record an introduction")
+    ra.add_argument("--referrer", required=True, metavar="EMAIL")
+    ra.add_argument("--email", required=True, metavar="FRIEND")
+    ra.add_argument("--name")
+    rc = rsub.add_parser("convert", parents=[common], help="the referred person became a customer")
+    rc.add_argument("--email", required=True, metavar="FRIEND")
+    rc.add_argument("--value", metavar="AMOUNT")
+
+    rp = sub.add_parser("report", parents=[common], help="funnel and referral metrics")
+    rp.add_argument("--format", choices=("table", "json", "csv"), default="table")
+
+    d = sub.add_parser("demo", parents=[common], help="the whole thing on sample data, embedded")
+    d.add_argument("--dir", type=Path, default=Path("demo-out"), help="where the demo writes")
+    d.add_argument("--weeks", type=int, default=10, help="simulated weeks to play")
+    d.add_argument(
+        "--speed",
+        type=float,
+        default=7 * 86400 / 4.0,
+        help="simulated seconds per real second (default: a week in 4 s)",
+    )
+    return p
+
+
+def make_clock(args: argparse.Namespace) -> Clock:
+    text = getattr(args, "now", None) or os.environ.get("ENGINE_NOW")
+    if not text:
+        return SystemClock()
+    try:
+        return FixedClock(parse_instant(text))
+    except ValueError:
+        raise SettingsError("--now", f"{text!r} is not an ISO-8601 date/time") from None
+
+
+def main(argv: Seq[str] | None = None, console: Console | None = None) -> int:
+    """Entry point; returns the exit code."""
+    console = console or Console()
+    err = Console(stderr=True) if console.file is sys.stdout else console
+    args = build_parser().parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(getattr(args, "verbose", 0), logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s %(message)s")
+    try:
+        return _dispatch(args, console)
+    except EngineError as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        cause = exc.__cause__
+        while cause is not None:
+            err.print(f"  caused by: {cause}", highlight=False)
+            cause = cause.__cause__
+        return EXIT_ERROR
+    except LookupError as exc:
+        err.print(f"[red]error:[/red] {exc.args[0] if exc.args else exc}", highlight=False)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, console: Console) -> int:
+    from engine import commands  # heavy imports only once arguments are known
+
+    if args.command == "demo":
+        from engine.demo import run_demo
+
+        return run_demo(args.dir, weeks=args.weeks, speed=args.speed, console=console)
+    settings = load_settings(getattr(args, "settings", None))
+    clock = make_clock(args)
+    if args.command == "validate":
+        return commands.validate(settings, args.paths, console)
+    engine = commands.open_engine(settings, clock, console)
+    try:
+        match args.command:
+            case "contacts":
+                return commands.import_contacts(engine, args.file, console)
+            case "tick":
+                return asyncio.run(commands.tick(engine, console))
+            case "run":
+                return asyncio.run(commands.run(engine, console, args.interval))
+            case "explain":
+                return commands.explain(engine, args.contact, console)
+            case "simulate":
+                return commands.simulate(engine, args.sequence, args.contact, args.days, console)
+            case "preview":
+                return commands.preview(
+                    engine, args.sequence, args.step, args.contact, args.out, console
+                )
+            case "referrals":
+                value = None
+                if getattr(args, "value", None):
+                    try:
+                        value = Decimal(args.value)
+                    except InvalidOperation:
+                        raise SettingsError("--value", f"{args.value!r} is not a number") from None
+                return commands.referrals(
+                    engine,
+                    args.action,
+                    console,
+                    referrer=getattr(args, "referrer", None),
+                    email=args.email,
+                    name=getattr(args, "name", None),
+                    value=value,
+                )
+            case "report":
+                return commands.report(engine, args.format, console)
+    finally:
+        engine.close()
+    return EXIT_ERROR

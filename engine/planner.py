@@ -1,0 +1,431 @@
+"""Planning: react to events, enroll eligible contacts, and turn due steps into outbox rows.
+
+Each pass works in batches read through indexes (pending events, contacts whose ``check_at``
+is due, enrollments whose ``next_at`` is due), so its cost follows the due work, not the size
+of the contact list. Every write is idempotent (unique keys plus guarded updates), so two
+planners on one database, or a planner restarted after a crash, never plan a step twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import defaultdict
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from engine.audience import PastEnrollment, blocked, check_audience, check_trigger
+from engine.clock import Clock
+from engine.mime import make_message_id
+from engine.sequences import BranchStep, SendStep, Sequence, WaitStep
+from engine.settings import Settings
+from engine.store.db import Database
+from engine.store.models import Contact, Enrollment, Event, Message, Suppression
+from engine.windows import SendWindow, next_open
+
+log = logging.getLogger("engine.planner")
+
+BATCH = 1000
+# Events after which every sequence of the contact stops, whatever its stop_when says.
+GLOBAL_STOPS = frozenset({"unsubscribed", "complained"})
+# Events that change what audience rules see: re-evaluate the contact at once.
+RECHECK_EVENTS = frozenset({"nps.answered", "referral.created", "referral.converted", "purchase"})
+END = "end"
+
+
+@dataclass
+class PlanStats:
+    events: int = 0
+    checked: int = 0
+    enrolled: int = 0
+    stopped: int = 0
+    planned: int = 0
+    completed: int = 0
+    detail: dict[str, int] = field(default_factory=dict)
+
+    def __iadd__(self, other: PlanStats) -> PlanStats:
+        for name in ("events", "checked", "enrolled", "stopped", "planned", "completed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        return self
+
+
+def insert_ignore(db: Database, model: type, values: dict[str, Any] | list[dict[str, Any]]) -> Any:
+    """An INSERT that does nothing when a unique key already exists (idempotent writes)."""
+    dialect = postgresql if db.is_postgres else sqlite
+    return dialect.insert(model).values(values).on_conflict_do_nothing()
+
+
+def lock_rows(db: Database, stmt: Select[Any]) -> Select[Any]:
+    """Let concurrent PostgreSQL workers take disjoint rows; SQLite has one writer anyway."""
+    return stmt.with_for_update(skip_locked=True) if db.is_postgres else stmt
+
+
+def is_suppressed(session: Session, email: str) -> bool:
+    return session.get(Suppression, email) is not None
+
+
+class Planner:
+    """Turns sequences, contacts and events into enrollments and outbox rows."""
+
+    def __init__(
+        self, db: Database, sequences: dict[str, Sequence], settings: Settings, clock: Clock
+    ) -> None:
+        self.db = db
+        self.sequences = sequences
+        self.settings = settings
+        self.clock = clock
+        self.domain = settings.sender.from_email.rpartition("@")[2] or "localhost"
+        self.default_window = SendWindow.parse(
+            settings.schedule.days, settings.schedule.hours, "contact"
+        )
+        self.by_trigger: dict[str, list[Sequence]] = defaultdict(list)
+        for seq in sequences.values():
+            if seq.trigger is not None:
+                self.by_trigger[seq.trigger.event].append(seq)
+        self.audience_sequences = [s for s in sequences.values() if s.audience and not s.trigger]
+
+    # -- the pass ---------------------------------------------------------------------------
+
+    def plan(self) -> PlanStats:
+        """One planning pass at the clock's now: events, then enrollment, then due steps."""
+        stats = PlanStats()
+        while (part := self._batch(self.process_events)).events:
+            stats += part
+        while (part := self._batch(self.enroll_due_contacts)).checked:
+            stats += part
+        while (part := self._batch(self.advance_due_enrollments)).detail.get("due"):
+            stats += part
+        return stats
+
+    def _batch(self, work: Any) -> PlanStats:
+        stats = PlanStats()
+        with self.db.session() as session, session.begin():
+            work(session, self.clock.now(), stats)
+        return stats
+
+    # -- events ------------------------------------------------------------------------------
+
+    def process_events(self, session: Session, now: datetime, stats: PlanStats) -> None:
+        """Stop, start and re-check sequences for events not handled yet (oldest first)."""
+        events = session.scalars(
+            lock_rows(
+                self.db,
+                select(Event).where(Event.handled_at.is_(None)).order_by(Event.id).limit(BATCH),
+            )
+        ).all()
+        stats.events = len(events)
+        for ev in events:
+            contact = session.get(Contact, ev.contact_id) if ev.contact_id else None
+            if contact is not None:
+                stats.stopped += self._apply_stops(session, ev, now)
+                stats.enrolled += self._apply_triggers(session, ev, contact, now)
+                if ev.type in RECHECK_EVENTS:
+                    contact.check_at = now
+            ev.handled_at = now
+
+    def _apply_stops(self, session: Session, ev: Event, now: datetime) -> int:
+        hard = ev.type == "bounced" and bool((ev.data or {}).get("hard"))
+        active = session.scalars(
+            select(Enrollment).where(
+                Enrollment.contact_id == ev.contact_id,
+                Enrollment.status == "active",
+                Enrollment.started_at <= ev.occurred_at,
+            )
+        ).all()
+        stopped = 0
+        for enrollment in active:
+            seq = self.sequences.get(enrollment.sequence_id)
+            wanted = seq is not None and ev.type in seq.stop_when
+            if wanted or ev.type in GLOBAL_STOPS or hard:
+                reason = f"{ev.type} at {ev.occurred_at:%Y-%m-%d %H:%M}"
+                self.end_enrollment(session, enrollment, "stopped", reason, now)
+                stopped += 1
+        return stopped
+
+    def _apply_triggers(self, session: Session, ev: Event, contact: Contact, now: datetime) -> int:
+        started = 0
+        for seq in self.by_trigger.get(ev.type, ()):
+            assert seq.trigger is not None
+            if blocked(contact, is_suppressed(session, contact.email)) is not None:
+                continue
+            if not check_trigger(contact, seq.trigger, ev.type, ev.data or {}).eligible:
+                continue
+            if seq.audience is not None:
+                decision = check_audience(contact, seq.audience, now)
+                if not decision.eligible:
+                    log.info("enrollment_skipped %s %s %s", seq.id, contact.email, decision)
+                    continue
+            started += self._enroll(session, contact.id, seq.id, f"event-{ev.id}", now, ev.id)
+        return started
+
+    # -- audience ----------------------------------------------------------------------------
+
+    def enroll_due_contacts(self, session: Session, now: datetime, stats: PlanStats) -> None:
+        """Evaluate audience rules for contacts whose ``check_at`` has come."""
+        contacts = session.scalars(
+            lock_rows(
+                self.db,
+                select(Contact)
+                .where(Contact.check_at <= now)
+                .order_by(Contact.check_at)
+                .limit(BATCH),
+            )
+        ).all()
+        stats.checked = len(contacts)
+        if not contacts:
+            return
+        ids = [c.id for c in contacts]
+        history: dict[tuple[int, str], list[Enrollment]] = defaultdict(list)
+        for e in session.scalars(
+            select(Enrollment).where(Enrollment.contact_id.in_(ids)).order_by(Enrollment.started_at)
+        ):
+            history[(e.contact_id, e.sequence_id)].append(e)
+        suppressed = set(
+            session.scalars(
+                select(Suppression.email).where(Suppression.email.in_([c.email for c in contacts]))
+            )
+        )
+        for contact in contacts:
+            recheck: list[datetime] = []
+            for seq in self.audience_sequences:
+                assert seq.audience is not None
+                runs = history[(contact.id, seq.id)]
+                decision = check_audience(
+                    contact,
+                    seq.audience,
+                    now,
+                    suppressed=contact.email in suppressed,
+                    active=any(r.status == "active" for r in runs),
+                    last=PastEnrollment(runs[-1].status, runs[-1].started_at) if runs else None,
+                )
+                if decision.eligible:
+                    stats.enrolled += self._enroll(
+                        session, contact.id, seq.id, f"cycle-{len(runs) + 1}", now, None
+                    )
+                elif decision.recheck_at is not None:
+                    recheck.append(decision.recheck_at)
+            contact.check_at = min(recheck) if recheck else None
+
+    def _enroll(
+        self,
+        session: Session,
+        contact_id: int,
+        sequence_id: str,
+        key: str,
+        now: datetime,
+        event_id: int | None,
+    ) -> int:
+        result = session.execute(
+            insert_ignore(
+                self.db,
+                Enrollment,
+                {
+                    "contact_id": contact_id,
+                    "sequence_id": sequence_id,
+                    "key": key,
+                    "status": "active",
+                    "position": 0,
+                    "next_at": now,
+                    "trigger_event_id": event_id,
+                    "started_at": now,
+                },
+            )
+        )
+        if result.rowcount:
+            log.info("enrolled contact=%s sequence=%s key=%s", contact_id, sequence_id, key)
+        return result.rowcount or 0
+
+    def end_enrollment(
+        self, session: Session, enrollment: Enrollment, status: str, reason: str, now: datetime
+    ) -> None:
+        """Close an enrollment, cancel what it still had queued, and schedule the re-check."""
+        enrollment.status = status
+        enrollment.reason = reason
+        enrollment.ended_at = now
+        enrollment.next_at = None
+        session.execute(
+            update(Message)
+            .where(
+                Message.enrollment_id == enrollment.id,
+                Message.status.in_(("queued", "sending")),
+            )
+            .values(status="cancelled", last_error=reason, lease_owner=None, lease_until=None)
+        )
+        seq = self.sequences.get(enrollment.sequence_id)
+        if seq is not None and seq.audience is not None and seq.audience.reenter_after is not None:
+            again = enrollment.started_at + seq.audience.reenter_after
+            contact = session.get(Contact, enrollment.contact_id)
+            if contact is not None and (contact.check_at is None or again < contact.check_at):
+                contact.check_at = again
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def advance_due_enrollments(self, session: Session, now: datetime, stats: PlanStats) -> None:
+        """Run the steps of enrollments whose ``next_at`` has come, up to the next wait or send."""
+        due = session.scalars(
+            lock_rows(
+                self.db,
+                select(Enrollment)
+                .where(Enrollment.status == "active", Enrollment.next_at <= now)
+                .order_by(Enrollment.next_at)
+                .limit(BATCH),
+            )
+        ).all()
+        stats.detail["due"] = len(due)
+        if not due:
+            return
+        contacts = {
+            c.id: c
+            for c in session.scalars(
+                select(Contact).where(Contact.id.in_({e.contact_id for e in due}))
+            )
+        }
+        sent = self._sent_messages(session, [e.id for e in due])
+        for enrollment in due:
+            seq = self.sequences.get(enrollment.sequence_id)
+            if seq is None:
+                enrollment.status = "held"
+                enrollment.reason = f"sequence {enrollment.sequence_id!r} is missing or invalid"
+                continue
+            self._run_steps(
+                session,
+                seq,
+                enrollment,
+                contacts[enrollment.contact_id],
+                sent.get(enrollment.id, {}),
+                now,
+                stats,
+            )
+
+    def _sent_messages(self, session: Session, ids: Seq[int]) -> dict[int, dict[str, Message]]:
+        found: dict[int, dict[str, Message]] = defaultdict(dict)
+        for m in session.scalars(select(Message).where(Message.enrollment_id.in_(ids))):
+            found[m.enrollment_id][m.step_id] = m
+        return found
+
+    def _run_steps(
+        self,
+        session: Session,
+        seq: Sequence,
+        enrollment: Enrollment,
+        contact: Contact,
+        messages: dict[str, Message],
+        now: datetime,
+        stats: PlanStats,
+    ) -> None:
+        assert enrollment.next_at is not None
+        base = enrollment.next_at  # when the previous step finished: waits count from here
+        pos = enrollment.position
+        for _ in range(len(seq.steps) * 2 + 2):  # a branch loop cannot spin forever
+            if pos >= len(seq.steps):
+                self.end_enrollment(session, enrollment, "completed", "all steps done", now)
+                stats.completed += 1
+                return
+            step = seq.steps[pos]
+            if isinstance(step, WaitStep):
+                base += step.duration
+                pos += 1
+                if base > now:
+                    enrollment.position, enrollment.next_at = pos, base
+                    return
+            elif isinstance(step, BranchStep):
+                target = step.then if self._happened(session, messages, step) else step.otherwise
+                if target == END:
+                    self.end_enrollment(session, enrollment, "completed", f"branch {step.id}", now)
+                    stats.completed += 1
+                    return
+                pos = pos + 1 if target is None else seq.index(target)
+            else:
+                assert isinstance(step, SendStep)
+                stats.planned += self._plan_send(
+                    session, seq, step, enrollment, contact, messages, base
+                )
+                enrollment.position, enrollment.next_at = pos + 1, None
+                return
+        enrollment.status, enrollment.reason = "held", "branches loop without a wait or send"
+
+    def _happened(self, session: Session, messages: dict[str, Message], step: BranchStep) -> bool:
+        message = messages.get(step.step)
+        if message is None:
+            return False
+        found = session.scalar(
+            select(func.count())
+            .select_from(Event)
+            .where(Event.message_id == message.id, Event.type == step.condition)
+        )
+        return bool(found)
+
+    def window_for(self, seq: Sequence) -> SendWindow:
+        return seq.window or self.default_window
+
+    def zone_for(self, window: SendWindow, contact: Contact) -> ZoneInfo:
+        return window.zone(contact.timezone, self.settings.schedule.timezone)
+
+    def _plan_send(
+        self,
+        session: Session,
+        seq: Sequence,
+        step: SendStep,
+        enrollment: Enrollment,
+        contact: Contact,
+        messages: dict[str, Message],
+        base: datetime,
+    ) -> int:
+        window = self.window_for(seq)
+        due = next_open(base, window, self.zone_for(window, contact))
+        in_reply_to = references = None
+        if step.reply_to_previous and (parent := messages.get(step.reply_to_previous)):
+            in_reply_to = parent.message_id
+            references = " ".join(filter(None, [parent.references, parent.message_id]))
+        result = session.execute(
+            insert_ignore(
+                self.db,
+                Message,
+                {
+                    "enrollment_id": enrollment.id,
+                    "contact_id": contact.id,
+                    "sequence_id": seq.id,
+                    "step_id": step.id,
+                    "message_id": make_message_id(self.domain),
+                    "ref": secrets.token_bytes(12),
+                    "in_reply_to": in_reply_to,
+                    "references": references,
+                    "status": "queued",
+                    "due_at": due,
+                    "attempts": 0,
+                    "fence": 0,
+                    "created_at": self.clock.now(),
+                },
+            )
+        )
+        return result.rowcount or 0
+
+
+def record_event(
+    session: Session,
+    type_: str,
+    occurred_at: datetime,
+    *,
+    contact_id: int | None,
+    message: Message | None = None,
+    data: dict[str, Any] | None = None,
+) -> Event:
+    """Append an event; the planner reacts to it on its next pass."""
+    ev = Event(
+        type=type_,
+        contact_id=contact_id,
+        message_id=message.id if message else None,
+        sequence_id=message.sequence_id if message else None,
+        step_id=message.step_id if message else None,
+        occurred_at=occurred_at,
+        data=data or {},
+    )
+    session.add(ev)
+    return ev

@@ -1,0 +1,1362 @@
+"""Templates -> one email per recipient: sandboxed Jinja2 inside MJML, compiled once per file.
+
+Compile (once per template file, cached by path + mtime + size, and the files it depends on):
+
+1. every Jinja tag of the template and of the partials it includes is replaced by a unique
+   placeholder, except ``extends`` / ``include`` / ``block`` / ``super()``, which a compile-time
+   Jinja pass resolves, so inheritance and partials become one flat MJML document;
+2. placeholders that sit between MJML components (``{% if %}`` around an ``mj-section``) are
+   wrapped in ``mj-raw`` so MJML keeps them where they were;
+3. MJML -> HTML (mjml-python), then the placeholders are put back: the result is a Jinja
+   template of the final HTML. A placeholder MJML dropped or duplicated is a problem located at
+   the original tag (``check`` lists them, fatal ones also stop ``render``);
+4. the plain-text part is the ``.txt`` twin when there is one, else text derived from that HTML
+   (paragraphs, "text (url)" links), also a Jinja template.
+
+Render (per recipient) is Jinja only: HTML (autoescaped) and text and subject (not escaped),
+then one regex pass that points http(s) links at the click tracker, then the footer (postal
+address, unsubscribe link in the contact's language) and the open pixel are appended.
+
+Runaway templates are stopped without threads: the sandbox refuses private attributes, every
+call, ``for`` loop and ``range`` checks a per-render deadline, operators and string methods
+that could build huge values are size-checked, and the output has a size cap.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import html as htmllib
+import math
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from functools import wraps
+from html.parser import HTMLParser
+from pathlib import Path, PurePosixPath
+from typing import Any, NamedTuple
+
+import mjml
+from jinja2 import (
+    BaseLoader,
+    FileSystemLoader,
+    StrictUndefined,
+    Template,
+    TemplateNotFound,
+    TemplateSyntaxError,
+    UndefinedError,
+    meta,
+    nodes,
+)
+from jinja2.compiler import CodeGenerator, Frame
+from jinja2.environment import Environment
+from jinja2.exceptions import SecurityError
+from jinja2.nodes import EvalContext
+from jinja2.runtime import Context
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import Cycler, Joiner, Namespace
+
+from engine.errors import RenderTimeout, TemplateError
+from engine.settings import SenderSettings
+from engine.tokens import Links
+
+DEFAULT_LANG = "en"
+RTL_LANGS = frozenset({"ar", "he", "fa", "ur", "ps", "sd", "ug", "yi"})
+# What the engine puts in every template's context (the contract); anything else is a typo.
+CONTEXT_NAMES = frozenset(
+    {"contact", "sender", "sequence", "step", "lang", "dir", "links", "referral", "reward"}
+)
+MAX_OUTPUT_CHARS = 2_000_000  # per rendered part and per value built by a template
+MAX_ITEMS = 100_000  # per range() / list repetition
+MAX_INT_BITS = 65_536
+
+# Footer lines per language: (question, link label). Fallback: English.
+FOOTER_TEXT: dict[str, tuple[str, str]] = {
+    "en": ("Don't want these emails?", "Unsubscribe"),
+    "id": ("Tidak ingin menerima email ini?", "Berhenti berlangganan"),
+    "ar": ("لا ترغب في تلقي هذه الرسائل؟", "إلغاء الاشتراك"),
+    "es": ("¿No quieres recibir estos correos?", "Cancelar la suscripción"),
+    "fr": ("Vous ne souhaitez plus recevoir ces e-mails ?", "Se désabonner"),
+    "de": ("Sie möchten diese E-Mails nicht mehr erhalten?", "Abmelden"),
+    "pt": ("Não quer receber estes e-mails?", "Cancelar inscrição"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """One recipient's email content."""
+
+    subject: str
+    html: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateProblem:
+    """A template problem located in a file; ``str()`` is ``path:line:col: message``."""
+
+    path: str
+    line: int
+    col: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.col}: {self.message}"
+
+
+# --- the sandbox and its budget -------------------------------------------------------------
+
+_DEADLINE: ContextVar[float] = ContextVar("render_deadline", default=math.inf)
+
+
+def _tick() -> None:
+    if time.perf_counter() > _DEADLINE.get():
+        raise RenderTimeout("render time budget exceeded")
+
+
+def _too_big(what: str) -> RenderTimeout:
+    return RenderTimeout(f"{what} is over the render budget")
+
+
+def _capped(value: Any) -> Any:
+    """``value`` unless it is a string or sequence over the size budget."""
+    if isinstance(value, str):
+        if len(value) > MAX_OUTPUT_CHARS:
+            raise _too_big(f"a string of {len(value)} characters")
+    elif isinstance(value, list | tuple):
+        if len(value) > MAX_ITEMS:
+            raise _too_big(f"a list of {len(value)} items")
+    elif isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+        raise _too_big("an integer")
+    return value
+
+
+def _range(*args: int) -> range:
+    """``range`` for templates: at most MAX_ITEMS numbers."""
+    rng = range(*args)
+    try:
+        size = len(rng)
+    except OverflowError:
+        size = MAX_ITEMS + 1
+    if size > MAX_ITEMS:
+        raise _too_big(f"range() of {size} items")
+    return rng
+
+
+def _guard(iterable: Iterable[Any]) -> Iterator[Any]:
+    """Wraps every ``{% for %}`` iterable: nested or long loops run into the deadline."""
+    _tick()
+    for n, item in enumerate(iterable, 1):
+        if not n & 0xFF:
+            _tick()
+        yield item
+
+
+_PERCENT_WIDTH = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(\d{7,}|\*)")
+_FORMAT_WIDTH = re.compile(r"\{[^{}]*:[^{}]*(?:\d{7,}|\{)")
+
+
+def _check_percent(fmt: str, args: Any) -> None:
+    m = _PERCENT_WIDTH.search(fmt)
+    if m is None:
+        return
+    values = args if isinstance(args, tuple) else (args,)
+    if m.group(1) != "*" or any(isinstance(v, int) and v > MAX_OUTPUT_CHARS for v in values):
+        raise _too_big("a format width")
+
+
+def _check_width(*values: Any) -> None:
+    if any(isinstance(v, int) and v > MAX_OUTPUT_CHARS for v in values):
+        raise _too_big("a width")
+
+
+def _join_size(sep: str, items: Sequence[Any]) -> int:
+    return len(sep) * len(items) + sum(len(x) if isinstance(x, str) else 32 for x in items)
+
+
+def _check_replace(s: Any, old: Any, new: Any) -> None:
+    if isinstance(s, str) and isinstance(old, str) and isinstance(new, str):
+        count = s.count(old) if old else len(s) + 1
+        if len(s) + count * max(len(new) - len(old), 0) > MAX_OUTPUT_CHARS:
+            raise _too_big("a replace() result")
+
+
+_PASSED = (Environment, EvalContext, Context)  # what pass_context & co. put first
+
+
+def _safe_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """Size checks before and after the filters that can amplify their input."""
+
+    @wraps(func)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        # Context / environment arguments come first for some filters: look at the tail.
+        values = [a for a in args if not isinstance(a, _PASSED)] + list(kwargs.values())
+        if name == "format" and values and isinstance(values[0], str):
+            _check_percent(values[0], tuple(values[1:]))
+        elif name == "replace" and len(values) >= 3:
+            _check_replace(str(values[0]), values[1], values[2])
+        elif name == "join" and values and not isinstance(values[0], str):
+            items = list(values[0])
+            sep = values[1] if len(values) > 1 and isinstance(values[1], str) else ""
+            if _join_size(sep, items) > MAX_OUTPUT_CHARS:
+                raise _too_big("a join() result")
+            args = tuple(items if a is values[0] else a for a in args)
+        elif name in {"batch", "slice"}:
+            if any(isinstance(v, int) and v > MAX_ITEMS for v in values[1:2]):
+                raise _too_big(f"{name}() size")
+        else:
+            _check_width(*values[1:])
+        return _capped(func(*args, **kwargs))
+
+    return checked
+
+
+_AMPLIFYING_FILTERS = (
+    "center",
+    "indent",
+    "format",
+    "replace",
+    "join",
+    "batch",
+    "slice",
+    "wordwrap",
+)
+_WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+_GUARD_FILTER = "_engine_guard"
+
+
+class _GuardedCodeGenerator(CodeGenerator):
+    """Compiles every ``for`` loop over a deadline-checking iterator, and ``~`` with a size cap."""
+
+    def visit_Template(self, node: nodes.Template, frame: Frame | None = None) -> None:
+        for loop in node.find_all(nodes.For):
+            loop.iter = nodes.Filter(
+                loop.iter, _GUARD_FILTER, [], [], None, None, lineno=loop.lineno
+            )
+        super().visit_Template(node, frame)
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.capped(")
+        super().visit_Concat(node, frame)
+        self.write(")")
+
+
+class _Undefined(StrictUndefined):
+    """StrictUndefined naming the missing key (``'company' is undefined``), not ``dict object``."""
+
+    __slots__ = ()
+
+    @property
+    def _undefined_message(self) -> str:
+        if self._undefined_hint is None and isinstance(self._undefined_obj, Mapping):
+            return f"{self._undefined_name!r} is undefined"
+        return super()._undefined_message
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The one Jinja environment class: sandbox + budget (see the module docstring)."""
+
+    code_generator_class = _GuardedCodeGenerator
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+    capped = staticmethod(_capped)
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(undefined=_Undefined, **options)
+        self.globals.clear()  # no lipsum() (unbounded); the rest are harmless
+        self.globals.update(
+            range=_range, dict=dict, cycler=Cycler, joiner=Joiner, namespace=Namespace
+        )
+        for name in _AMPLIFYING_FILTERS:
+            self.filters[name] = _safe_filter(name, self.filters[name])
+        self.filters[_GUARD_FILTER] = _guard
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(n, int):
+                    limit = MAX_OUTPUT_CHARS if isinstance(seq, str) else MAX_ITEMS
+                    if len(seq) * n > limit:
+                        raise _too_big("a repetition")
+        elif (
+            operator == "**"
+            and isinstance(left, int)
+            and isinstance(right, int)
+            and right > 0
+            and abs(left) > 1
+            and left.bit_length() * right > MAX_INT_BITS
+        ):
+            raise _too_big("a power")
+        elif operator == "%" and isinstance(left, str):
+            _check_percent(left, right)
+        return _capped(self.binop_table[operator](left, right))
+
+    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        _tick()
+        target = getattr(obj, "__wrapped__", obj)  # str.format comes wrapped by the sandbox
+        owner = getattr(target, "__self__", None)
+        if isinstance(owner, str):
+            method = getattr(target, "__name__", "")
+            if method in _WIDTH_METHODS:
+                _check_width(*args, *kwargs.values())
+            elif method in {"format", "format_map"} and _FORMAT_WIDTH.search(owner):
+                raise _too_big("a format width")
+            elif method == "replace" and len(args) >= 2:
+                _check_replace(owner, args[0], args[1])
+            elif method == "join" and args:
+                items = list(args[0])
+                if _join_size(owner, items) > MAX_OUTPUT_CHARS:
+                    raise _too_big("a join() result")
+                args = (items, *args[1:])
+        return _capped(super().call(context, obj, *args, **kwargs))
+
+
+def _render_part(template: Template, variables: Mapping[str, Any]) -> str:
+    """Render with the output cap (the deadline is set by the caller)."""
+    parts: list[str] = []
+    size = 0
+    for chunk in template.generate(variables):
+        size += len(chunk)
+        if size > MAX_OUTPUT_CHARS:
+            raise _too_big("the rendered output")
+        parts.append(chunk)
+    return "".join(parts)
+
+
+# --- locales --------------------------------------------------------------------------------
+
+_LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*$")
+
+
+def normalize_locale(locale: str | None) -> str | None:
+    """``"pt_br"`` -> ``"pt-BR"``; None for nothing usable."""
+    if not locale or not _LOCALE.match(locale.strip()):
+        return None
+    parts = locale.strip().replace("_", "-").split("-")
+    out = [parts[0].lower()]
+    for p in parts[1:]:
+        if len(p) == 2 and p.isalpha():
+            out.append(p.upper())
+        elif len(p) == 4 and p.isalpha():
+            out.append(p.title())
+        else:
+            out.append(p)
+    return "-".join(out)
+
+
+def text_direction(lang: str) -> str:
+    """``"rtl"`` for right-to-left languages, else ``"ltr"``."""
+    return "rtl" if lang in RTL_LANGS else "ltr"
+
+
+# --- protecting Jinja through the MJML compile ----------------------------------------------
+
+_JINJA_TAG = re.compile(
+    r"""
+    \{%[-+]?\s*raw\s*[-+]?%\}.*?\{%[-+]?\s*endraw\s*[-+]?%\}
+  | \{\{(?:[^}'"]|'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\}(?!\}))*\}\}
+  | \{%(?:[^%'"]|'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|%(?!\}))*%\}
+  | \{\#.*?\#\}
+    """,
+    re.S | re.X,
+)
+# Resolved by the compile-time Jinja pass; everything else waits for the recipient.
+_STRUCTURAL = re.compile(
+    r"\{%[-+]?\s*(?:extends|include|block|endblock)\b|\{\{[-+]?\s*super\(\s*\)\s*[-+]?\}\}\Z"
+)
+
+
+class _Tag(NamedTuple):
+    """An original Jinja tag behind a placeholder, and where it was written."""
+
+    text: str
+    path: str
+    line: int
+    col: int
+    block: bool  # a statement: must come out of MJML exactly once
+
+
+def _line_col(text: str, pos: int) -> tuple[int, int]:
+    return text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
+
+
+@dataclass
+class _SourceFile:
+    """A template file as read, with the line shifts its placeholders introduced."""
+
+    path: str
+    source: str
+    # (line in the protected text, newlines removed there): to map errors back
+    shifts: list[tuple[int, int]] = field(default_factory=list)
+
+    def original_line(self, protected_line: int) -> int:
+        return protected_line + sum(k for line, k in self.shifts if line < protected_line)
+
+
+class _ProtectingLoader(BaseLoader):
+    """Loads templates with their Jinja tags swapped for placeholders (compile time only)."""
+
+    def __init__(self, root: Path, syntax_env: Environment, placeholder: str) -> None:
+        self._files = FileSystemLoader(str(root))
+        self._syntax_env = syntax_env
+        self._placeholder = placeholder
+        self.tags: list[_Tag] = []
+        self.files: dict[str, _SourceFile] = {}
+
+    def get_source(
+        self, environment: Environment, template: str
+    ) -> tuple[str, str | None, Callable[[], bool] | None]:
+        source, filename, uptodate = self._files.get_source(environment, template)
+        path = filename or template
+        # Syntax errors are reported against the file as written, before any protection.
+        self._syntax_env.parse(source, template, path)
+        record = _SourceFile(path, source)
+        self.files[path] = record
+        return self._protect(record), filename, uptodate
+
+    def _protect(self, record: _SourceFile) -> str:
+        source = record.source
+        out: list[str] = []
+        pos = 0
+        protected_line = 1
+        for m in _JINJA_TAG.finditer(source):
+            text = m.group()
+            out.append(source[pos : m.start()])
+            protected_line += source.count("\n", pos, m.start())
+            pos = m.end()
+            if text.startswith("{#"):
+                replacement = ""
+            elif _STRUCTURAL.match(text):
+                out.append(text)
+                protected_line += text.count("\n")
+                continue
+            else:
+                line, col = _line_col(source, m.start())
+                block = text.startswith("{%")
+                self.tags.append(_Tag(text, record.path, line, col, block))
+                replacement = self._placeholder.format(len(self.tags) - 1)
+            out.append(replacement)
+            if "\n" in text:
+                record.shifts.append((protected_line, text.count("\n")))
+        out.append(source[pos:])
+        return "".join(out)
+
+
+# --- a light MJML structure scan (where do the placeholders sit?) ---------------------------
+
+_MJ_TAG = re.compile(
+    r"""<!--.*?-->|<(/?)(mjml|mj-[a-z-]+)\b((?:[^>"']|"[^"]*"|'[^']*')*?)(/?)>""", re.S | re.I
+)
+_MJ_ATTR = re.compile(r"""([^\s=/>"']+)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+# Components whose content is HTML that MJML copies as it is.
+_ENDING = frozenset(
+    {
+        "mj-text",
+        "mj-button",
+        "mj-raw",
+        "mj-table",
+        "mj-navbar-link",
+        "mj-accordion-title",
+        "mj-accordion-text",
+        "mj-social-element",
+        "mj-style",
+        "mj-title",
+        "mj-preview",
+    }
+)
+# Where an mj-raw may stand in for a Jinja tag between components.
+_WRAP_PARENTS = frozenset(
+    {"mj-body", "mj-wrapper", "mj-section", "mj-column", "mj-group", "mj-hero"}
+)
+# Attributes MJML computes the layout from at compile time: a per-recipient value is lost.
+_LAYOUT_ATTRS = frozenset(
+    {
+        "width",
+        "height",
+        "border",
+        "border-top",
+        "border-right",
+        "border-bottom",
+        "border-left",
+        "inner-border",
+        "full-width",
+        "direction",
+        "mode",
+        "icon-size",
+        "icon-height",
+        "icon-width",
+        "mj-class",
+        "background-size",
+        "background-position",
+        "background-repeat",
+    }
+)
+
+
+class _MjToken(NamedTuple):
+    kind: str  # open | close | content | comment
+    name: str
+    start: int
+    end: int
+    self_closing: bool = False
+    attrs_start: int = 0
+    attrs: str = ""
+
+
+def _mjml_tokens(text: str) -> Iterator[_MjToken]:
+    i = 0
+    while True:
+        m = _MJ_TAG.search(text, i)
+        if m is None:
+            return
+        if m.group(2) is None:
+            yield _MjToken("comment", "", m.start(), m.end())
+            i = m.end()
+            continue
+        name = m.group(2).lower()
+        if m.group(1):
+            yield _MjToken("close", name, m.start(), m.end())
+            i = m.end()
+            continue
+        closed = bool(m.group(4))
+        yield _MjToken("open", name, m.start(), m.end(), closed, m.start(3), m.group(3))
+        i = m.end()
+        if not closed and name in _ENDING:
+            close = text.find("</" + name, i)
+            end = len(text) if close < 0 else close
+            yield _MjToken("content", name, i, end)
+            i = end
+
+
+class _Spot(NamedTuple):
+    """Where a placeholder sits in the MJML document."""
+
+    start: int
+    end: int
+    index: int
+    where: str  # wrap | bare | content | attribute | markup
+    element: str
+    attribute: str
+
+
+def _placeholder_spots(text: str, pattern: re.Pattern[str]) -> list[_Spot]:
+    found = [(m.start(), m.end(), int(m.group(1))) for m in pattern.finditer(text)]
+    starts = [f[0] for f in found]
+    spots: list[_Spot] = []
+
+    def within(a: int, b: int) -> list[tuple[int, int, int]]:
+        return found[bisect.bisect_left(starts, a) : bisect.bisect_left(starts, b)]
+
+    stack: list[str] = []
+    pos = 0
+
+    def gap(a: int, b: int) -> None:
+        parent = stack[-1] if stack else ""
+        where = "wrap" if parent in _WRAP_PARENTS else "bare"
+        spots.extend(_Spot(s, e, i, where, parent, "") for s, e, i in within(a, b))
+
+    for tok in _mjml_tokens(text):
+        gap(pos, tok.start)
+        pos = tok.end
+        if tok.kind in {"content", "comment"}:
+            spots.extend(
+                _Spot(s, e, i, "content", tok.name, "") for s, e, i in within(tok.start, tok.end)
+            )
+        elif tok.kind == "open":
+            attrs = [
+                (tok.attrs_start + a.start(), tok.attrs_start + a.end(), a.group(1).lower())
+                for a in _MJ_ATTR.finditer(tok.attrs)
+            ]
+            for s, e, i in within(tok.start, tok.end):
+                owner = next((name for a, b, name in attrs if a <= s and e <= b), None)
+                where = "markup" if owner is None else "attribute"
+                spots.append(_Spot(s, e, i, where, tok.name, owner or ""))
+            if not tok.self_closing:
+                stack.append(tok.name)
+        elif tok.name in stack:
+            del stack[len(stack) - 1 - stack[::-1].index(tok.name) :]
+    gap(pos, len(text))
+    return spots
+
+
+def _blank_tags(source: str) -> str:
+    """The source with Jinja tags blanked out, keeping every position (for diagnostics)."""
+    return _JINJA_TAG.sub(lambda m: re.sub(r"[^\n]", " ", m.group()), source)
+
+
+def _balance_problems(record: _SourceFile) -> list[TemplateProblem]:
+    """Unclosed / stray MJML tags in one file, located as written."""
+    text = _blank_tags(record.source)
+    problems: list[TemplateProblem] = []
+    stack: list[tuple[str, int]] = []
+
+    def report(pos: int, message: str) -> None:
+        problems.append(TemplateProblem(record.path, *_line_col(text, pos), message))
+
+    for tok in _mjml_tokens(text):
+        if tok.kind == "content" and tok.end == len(text):
+            report(stack[-1][1], f"<{tok.name}> is not closed")
+            return problems
+        if tok.kind == "open" and not tok.self_closing:
+            stack.append((tok.name, tok.start))
+        elif tok.kind == "close":
+            names = [n for n, _ in stack]
+            if tok.name not in names:
+                report(tok.start, f"</{tok.name}> closes nothing")
+                continue
+            while stack[-1][0] != tok.name:
+                name, start = stack.pop()
+                report(start, f"<{name}> is not closed")
+            stack.pop()
+    if stack:  # the innermost one: the outer ones only look unclosed because of it
+        report(stack[-1][1], f"<{stack[-1][0]}> is not closed")
+    return problems
+
+
+# --- HTML -> plain text (compile time) ------------------------------------------------------
+
+_BLOCK_TAGS = frozenset(
+    {"p", "div", "table", "tr", "ul", "ol", "blockquote", "section", "article", "header",
+     "footer", "center", "h1", "h2", "h3", "h4", "h5", "h6", "hr"}
+)  # fmt: skip
+_SKIP_TAGS = frozenset({"head", "style", "script", "title"})
+_VOID_TAGS = frozenset(
+    {"br", "img", "hr", "meta", "link", "input", "col", "area", "base", "wbr", "source"}
+)
+_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|mso-hide\s*:\s*all", re.I)
+
+
+class _TextExtractor(HTMLParser):
+    """Readable text from email HTML: paragraphs, "- " list items, links as "text (url)"."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._stack: list[tuple[str, bool]] = []  # (tag, hides its content)
+        self._hidden = 0
+        self._links: list[tuple[str, int]] = []  # (href, index in parts where its text starts)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag not in _VOID_TAGS:
+            hides = tag in _SKIP_TAGS or bool(_HIDDEN_STYLE.search(a.get("style", "")))
+            self._stack.append((tag, hides))
+            self._hidden += hides
+        if self._hidden:
+            return
+        if tag == "br":
+            self.parts.append("\n")
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n\n")
+        elif tag == "li":
+            self.parts.append("\n- ")
+        elif tag in {"td", "th"}:
+            self.parts.append(" ")
+        elif tag == "a":
+            self._links.append((a.get("href", "").strip(), len(self.parts)))
+        elif tag == "img" and self._links and a.get("alt"):
+            self.parts.append(a["alt"])
+
+    def handle_endtag(self, tag: str) -> None:
+        if not any(t == tag for t, _ in self._stack):
+            return
+        while self._stack:
+            name, hides = self._stack.pop()
+            self._hidden -= hides
+            if name == tag:
+                break
+        if self._hidden:
+            return
+        if tag in _BLOCK_TAGS:
+            self.parts.append("\n\n")
+        elif tag == "a" and self._links:
+            href, start = self._links.pop()
+            label = re.sub(r"\s+", " ", "".join(self.parts[start:])).strip()
+            del self.parts[start:]
+            self.parts.append(_link_text(label, href))
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden:
+            self.parts.append(re.sub(r"\s+", " ", data))
+
+    def text(self) -> str:
+        lines = [line.strip() for line in "".join(self.parts).split("\n")]
+        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
+
+
+def _link_text(label: str, href: str) -> str:
+    scheme = href.split(":", 1)[0].lower() if ":" in href else ""
+    if scheme == "mailto":
+        target = href[7:].split("?", 1)[0]
+    elif scheme in {"http", "https"} or (href and not scheme and not href.startswith("#")):
+        target = href
+    else:  # tel:, #anchors, javascript: ... the label says enough
+        return label
+    if not label or label == target:
+        return target
+    return f"{label} ({target})"
+
+
+def html_to_text(markup: str) -> str:
+    """Readable plain text for ``markup`` (paragraphs, links as "text (url)", no CSS)."""
+    parser = _TextExtractor()
+    parser.feed(markup)
+    parser.close()
+    return parser.text()
+
+
+# --- click tracking -------------------------------------------------------------------------
+
+# Case-sensitive with a literal prefix: fast. Compile time lower-cases HREF= in templates.
+_HREF = re.compile(r"""href(\s*=\s*)(?:"\s*(https?://[^"]*?)\s*"|'\s*(https?://[^']*?)\s*')""")
+_HREF_ANY_CASE = re.compile(r"(?<![\w-])href(?=\s*=)", re.I)
+_TEXT_URL = re.compile(r"""https?://[^\s<>"'()\[\]{}]+""")
+_TRAILING_PUNCT = ".,;:!?"
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+# --- what templates see as ``links`` --------------------------------------------------------
+
+
+class TemplateLinks:
+    """``links`` in a template: this recipient's tracking URLs (never click-rewritten).
+
+    Each URL is signed once per recipient, however often the HTML and text parts use it.
+    """
+
+    __slots__ = ("_code", "_links", "_memo", "_ref")
+
+    def __init__(self, links: Links, ref: bytes, referral_code: str | None) -> None:
+        self._links = links
+        self._ref = ref
+        self._code = referral_code
+        self._memo: dict[str, str] = {}
+
+    def _form(self, name: str) -> str:
+        url = self._memo.get(name)
+        if url is None:
+            url = self._memo[name] = self._links.form(name, self._ref)
+        return url
+
+    @property
+    def referral(self) -> str:
+        """The personal referral page (needs ``contact.referral_code``)."""
+        if not self._code:
+            raise UndefinedError("'referral_code' is undefined (links.referral needs it)")
+        return self._links.referral(self._code)
+
+    @property
+    def intro_form(self) -> str:
+        """The "introduce one or two people" form."""
+        return self._form("intro")
+
+    @property
+    def testimonial(self) -> str:
+        """The testimonial form."""
+        return self._form("testimonial")
+
+    @property
+    def partner_form(self) -> str:
+        """The partner intake form."""
+        return self._form("partner")
+
+    @property
+    def unsubscribe(self) -> str:
+        """One-click unsubscribe."""
+        url = self._memo.get("unsubscribe")
+        if url is None:
+            url = self._memo["unsubscribe"] = self._links.unsubscribe(self._ref)
+        return url
+
+    def nps(self, score: int) -> str:
+        """A URL that records NPS ``score`` (0-10)."""
+        key = f"nps{score}"
+        url = self._memo.get(key)
+        if url is None:
+            url = self._memo[key] = self._links.nps(self._ref, score)
+        return url
+
+
+# --- compiled templates ---------------------------------------------------------------------
+
+
+@dataclass
+class _Compiled:
+    name: str  # relative to the templates folder, for messages
+    key: tuple[int, int]  # (mtime_ns, size) of the file
+    deps: tuple[tuple[str, tuple[int, int] | None], ...]  # partials and the .txt twin
+    problems: list[TemplateProblem]
+    error: TemplateProblem | None = None  # the first fatal problem: render refuses
+    html: Template | None = None
+    rtl_source: str = ""
+    rtl: Template | None = None
+    text: Template | None = None
+    text_name: str = ""
+
+
+def _file_key(path: str | Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _template_location(exc: BaseException, files: Mapping[str, _SourceFile]) -> tuple[str, int]:
+    """The innermost template file and (original) line of a Jinja traceback, if any."""
+    found: tuple[str, int] = ("", 0)
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename in files:
+            found = (filename, files[filename].original_line(tb.tb_lineno))
+        tb = tb.tb_next
+    return found
+
+
+class _Restorer:
+    """Puts the original Jinja tags back in place of their placeholders."""
+
+    def __init__(self, tags: Sequence[_Tag], pattern: re.Pattern[str]) -> None:
+        self._tags = tags
+        self._pattern = pattern
+
+    def __call__(self, text: str) -> str:
+        out: list[str] = []
+        pos = 0
+        for m in self._pattern.finditer(text):
+            out.append(_literal(text[pos : m.start()]))
+            out.append(self._tags[int(m.group(1))].text)
+            pos = m.end()
+        out.append(_literal(text[pos:]))
+        return "".join(out)
+
+
+def _literal(static: str) -> str:
+    """Static text that Jinja must not read as a tag (MJML's CSS, entities decoded to braces)."""
+    if "{{" in static or "{%" in static or "{#" in static or static.endswith("{"):
+        return "{% raw %}" + static + "{% endraw %}"
+    return static
+
+
+_HTML_ROOT = re.compile(r"<html\b[^>]*>", re.I)
+_EMAIL_DIV = re.compile(r"<div\b[^>]*\baria-roledescription=\"email\"[^>]*>", re.I)
+_LANG_ATTR = re.compile(r"""\s(lang|dir)=("[^"]*"|'[^']*')""", re.I)
+
+
+def _set_root_attrs(markup: str, lang: str, direction: str) -> str:
+    """``lang`` / ``dir`` on the html element and MJML's wrapper div."""
+
+    def fix(m: re.Match[str]) -> str:
+        tag = _LANG_ATTR.sub("", m.group())
+        return f'{tag[:-1].rstrip("/").rstrip()} lang="{lang}" dir="{direction}">'
+
+    markup = _HTML_ROOT.sub(fix, markup, count=1)
+    return _EMAIL_DIV.sub(fix, markup, count=1)
+
+
+def _mirror(markup: str) -> str:
+    """The right-to-left version of MJML's output: columns and text start on the right."""
+    markup = markup.replace("direction:ltr", "direction:rtl")
+    markup = markup.replace("text-align:left", "text-align:right")
+    return markup.replace('align="left"', 'align="right"')
+
+
+class Renderer:
+    """Renders MJML + Jinja templates from ``templates_dir`` for one recipient at a time."""
+
+    def __init__(
+        self,
+        templates_dir: Path,
+        *,
+        links: Links,
+        sender: SenderSettings,
+        render_timeout: float = 2.0,
+    ) -> None:
+        self.templates_dir = Path(templates_dir).resolve()
+        self.links = links
+        self._timeout = render_timeout
+        self._sender = {
+            "from_name": sender.from_name,
+            "from_email": sender.from_email,
+            "reply_to": sender.reply_to,
+            "postal_address": sender.postal_address,
+        }
+        self._postal = sender.postal_address
+        loader = FileSystemLoader(str(self.templates_dir))
+        self._html_env = _Sandbox(loader=loader, autoescape=True, auto_reload=True)
+        self._text_env = _Sandbox(
+            loader=loader,
+            autoescape=False,
+            auto_reload=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+        )
+        self._nonce = secrets.token_hex(4)
+        self._placeholder = "jjph" + self._nonce + "x{}x"
+        self._placeholder_re = re.compile("jjph" + self._nonce + r"x(\d+)x")
+        self._cache: dict[Path, _Compiled] = {}
+        self._candidates: dict[tuple[str, str | None], tuple[Path, ...]] = {}
+        self._subjects: dict[str, Template] = {}
+        self._footers: dict[str, tuple[str, str, str]] = {}
+        self._lock = threading.Lock()
+        self.compile_count = 0  # MJML compilations so far (compile once, render many)
+
+    # -- locating files
+
+    def _base_path(self, template: str) -> Path:
+        rel = PurePosixPath(template)
+        if rel.is_absolute() or ".." in rel.parts or "\\" in template or not template:
+            raise TemplateError(f"{template}: template names are relative to the templates folder")
+        if rel.suffix != ".mjml":
+            raise TemplateError(f"{template}: templates are .mjml files")
+        return self.templates_dir.joinpath(*rel.parts)
+
+    def _lookup(self, template: str, locale: str | None) -> tuple[Path, ...]:
+        key = (template, locale)
+        found = self._candidates.get(key)
+        if found is None:
+            base = self._base_path(template)
+            paths: list[Path] = []
+            if locale:
+                parts = locale.split("-")
+                for n in range(len(parts), 0, -1):
+                    paths.append(base.with_name(f"{base.stem}.{'-'.join(parts[:n])}.mjml"))
+            paths.append(base)
+            found = tuple(paths)
+            if len(self._candidates) > 4096:
+                self._candidates.clear()
+            self._candidates[key] = found
+        return found
+
+    def _locate(self, template: str, locale: str | None) -> tuple[Path, tuple[int, int]]:
+        candidates = self._lookup(template, normalize_locale(locale))
+        for path in candidates:
+            key = _file_key(path)
+            if key is not None:
+                return path, key
+        tried = ", ".join(p.name for p in candidates)
+        raise TemplateError(f"{template}: template not found (looked for {tried})")
+
+    def resolve(self, template: str, locale: str | None) -> Path:
+        """The file for ``locale``: ``x.pt-BR.mjml``, then ``x.pt.mjml``, then ``x.mjml``."""
+        return self._locate(template, locale)[0]
+
+    # -- compiling
+
+    def _get(self, path: Path, key: tuple[int, int]) -> _Compiled:
+        compiled = self._cache.get(path)
+        if compiled is not None and compiled.key == key and self._fresh(compiled):
+            return compiled
+        with self._lock:
+            compiled = self._cache.get(path)
+            if compiled is None or compiled.key != key or not self._fresh(compiled):
+                compiled = self._compile(path, key)
+                self._cache[path] = compiled
+        return compiled
+
+    @staticmethod
+    def _fresh(compiled: _Compiled) -> bool:
+        return all(_file_key(dep) == key for dep, key in compiled.deps)
+
+    def _compile(self, path: Path, key: tuple[int, int]) -> _Compiled:
+        name = path.relative_to(self.templates_dir).as_posix()
+        compiled = _Compiled(name=name, key=key, deps=(), problems=[])
+        loader = _ProtectingLoader(self.templates_dir, self._html_env, self._placeholder)
+        twin = path.with_suffix(".txt")
+        try:
+            self._build(compiled, path, loader, twin)
+        finally:
+            files = [f for f in loader.files if Path(f) != path]
+            compiled.deps = tuple((f, _file_key(f)) for f in [*files, str(twin)])
+        return compiled
+
+    def _build(self, c: _Compiled, path: Path, loader: _ProtectingLoader, twin: Path) -> None:
+        """Fills ``c`` (templates and problems); returns early at the first fatal problem."""
+        main = str(path)
+
+        def problem(where: str, line: int, col: int, message: str, fatal: bool = True) -> None:
+            found = TemplateProblem(where or main, max(line, 1), max(col, 1), message)
+            c.problems.append(found)
+            if fatal and c.error is None:
+                c.error = found
+
+        # 1. flatten includes / inheritance with every other tag protected
+        flattener = _Sandbox(loader=loader, autoescape=False, keep_trailing_newline=True)
+        token = _DEADLINE.set(time.perf_counter() + self._timeout)
+        try:
+            flat = flattener.get_template(c.name).render()
+        except TemplateSyntaxError as exc:
+            problem(exc.filename or main, exc.lineno, 1, f"Jinja syntax error: {exc.message}")
+            return
+        except TemplateNotFound as exc:
+            where, line = _template_location(exc, loader.files)
+            if not loader.files:
+                problem(main, 1, 1, "template not found")
+            else:
+                problem(where, line, 1, f"included template {exc.name!r} not found")
+            return
+        except Exception as exc:  # a dynamic include name, an include loop ...
+            where, line = _template_location(exc, loader.files)
+            problem(where, line, 1, f"extends / include / block must use fixed names: {exc}")
+            return
+        finally:
+            _DEADLINE.reset(token)
+        tags = loader.tags
+
+        def at(index: int, message: str, fatal: bool = True) -> None:
+            tag = tags[index]
+            problem(tag.path, tag.line, tag.col, message, fatal)
+
+        # 2. where do the placeholders sit? wrap the ones between components in mj-raw
+        spots = _placeholder_spots(flat, self._placeholder_re)
+        pieces: list[str] = []
+        pos = 0
+        explained: set[int] = set()  # tags already reported for where they sit
+        for spot in spots:
+            if spot.where == "wrap":
+                pieces += [
+                    flat[pos : spot.start],
+                    "<mj-raw>",
+                    flat[spot.start : spot.end],
+                    "</mj-raw>",
+                ]
+                pos = spot.end
+            elif spot.where == "markup":
+                at(
+                    spot.index,
+                    f"a Jinja tag inside the <{spot.element}> tag must be an attribute value",
+                )
+            elif spot.where == "attribute" and (
+                spot.attribute in _LAYOUT_ATTRS or spot.attribute.startswith("padding")
+            ):
+                at(
+                    spot.index,
+                    f'Jinja in the layout attribute {spot.attribute}="..." of <{spot.element}>: '
+                    "MJML computes the layout once, so a per-recipient value is dropped or "
+                    "ignored; use a fixed value",
+                    fatal=False,
+                )
+                explained.add(spot.index)
+        pieces.append(flat[pos:])
+        if c.error:
+            return
+        source = "".join(pieces)
+
+        # 3. MJML -> HTML, then check every placeholder came through
+        self.compile_count += 1
+        try:
+            compiled_html = mjml.mjml2html(source)
+        except ValueError as exc:
+            found = [p for f in loader.files.values() for p in _balance_problems(f)]
+            for p in found:
+                problem(p.path, p.line, p.col, f"MJML: {p.message}")
+            if not found:
+                self._mjml_error(str(exc), source, tags, problem)
+            return
+        for unknown in sorted(set(re.findall(r"<(mj-[a-z-]+)", compiled_html))):
+            where, line, col = self._find(loader, f"<{unknown}")
+            problem(where, line, col, f"unknown MJML element <{unknown}>")
+        emitted = {int(m.group(1)) for m in self._placeholder_re.finditer(flat)}
+        counts: dict[int, int] = {}
+        for m in self._placeholder_re.finditer(compiled_html):
+            counts[int(m.group(1))] = counts.get(int(m.group(1)), 0) + 1
+        for index in sorted(emitted):
+            n = counts.get(index, 0)
+            if n == 0 and tags[index].block:
+                at(
+                    index,
+                    "MJML dropped this Jinja tag (it must sit in content or between components)",
+                )
+            elif n == 0 and index not in explained:
+                at(
+                    index,
+                    "MJML dropped this Jinja expression (unsupported attribute or place)",
+                    False,
+                )
+            elif n > 1 and tags[index].block:
+                at(index, f"MJML copied this Jinja tag {n} times; move it out of this attribute")
+        if c.error:
+            return
+
+        # 4. back to Jinja: one template per direction, plus the text part
+        compiled_html = _HREF_ANY_CASE.sub("href", compiled_html)
+        lang_ph = self._placeholder.format(len(tags))
+        restore = _Restorer([*tags, _Tag("{{ lang }}", main, 0, 0, False)], self._placeholder_re)
+        try:
+            c.html = self._compile_jinja(
+                self._html_env, restore(_set_root_attrs(compiled_html, lang_ph, "ltr")), path
+            )
+        except TemplateSyntaxError as exc:
+            problem(main, 1, 1, f"MJML moved Jinja tags out of order: {exc.message}")
+            return
+        c.rtl_source = restore(_mirror(_set_root_attrs(compiled_html, lang_ph, "rtl")))
+        if twin.is_file():
+            c.text_name = twin.relative_to(self.templates_dir).as_posix()
+            try:
+                c.text = self._text_env.get_template(c.text_name)
+            except TemplateSyntaxError as exc:
+                problem(str(twin), exc.lineno, 1, f"Jinja syntax error: {exc.message}")
+                return
+            except TemplateNotFound as exc:
+                problem(str(twin), 1, 1, f"included template {exc.name!r} not found")
+                return
+            self._lint_names(c, str(twin), twin.read_text(encoding="utf-8"), self._text_env)
+        else:
+            c.text_name = f"{c.name} (text)"
+            try:
+                c.text = self._compile_jinja(
+                    self._text_env, restore(html_to_text(compiled_html)), path
+                )
+            except TemplateSyntaxError as exc:
+                problem(main, 1, 1, f"the derived text part is not valid Jinja: {exc.message}")
+                return
+        self._lint_names(c, main, path.read_text(encoding="utf-8"), self._html_env)
+
+    def _mjml_error(
+        self,
+        message: str,
+        source: str,
+        tags: Sequence[_Tag],
+        problem: Callable[[str, int, int, str], None],
+    ) -> None:
+        """Locate an MJML parse error: at a Jinja tag next to the failing spot, if any."""
+        m = re.search(r"at position (\d+):(\d+)", message)
+        if m is None:
+            problem("", 1, 1, f"MJML: {message}")
+            return
+        raw = source.encode("utf-8")
+        start, end = int(m.group(1)), int(m.group(2))
+        near = raw[max(start - 40, 0) : end + 40].decode("utf-8", "replace")
+        snippet = raw[start : max(end, start + 30)].decode("utf-8", "replace")
+        snippet = " ".join(_Restorer(tags, self._placeholder_re)(snippet).split())
+        tag = self._placeholder_re.search(near)
+        if tag is None:
+            problem("", 1, 1, f"MJML: {message} (near {snippet!r})")
+            return
+        t = tags[int(tag.group(1))]
+        problem(t.path, t.line, t.col, f"MJML cannot place this Jinja tag here: {message}")
+
+    @staticmethod
+    def _compile_jinja(env: Environment, source: str, path: Path) -> Template:
+        code = env.compile(source, path.name, str(path))
+        return env.template_class.from_code(env, code, env.make_globals(None))
+
+    @staticmethod
+    def _find(loader: _ProtectingLoader, needle: str) -> tuple[str, int, int]:
+        """The first place ``needle`` is written in the template or its partials."""
+        for record in loader.files.values():
+            pos = record.source.find(needle)
+            if pos >= 0:
+                return (record.path, *_line_col(record.source, pos))
+        return next(iter(loader.files)), 1, 1
+
+    @staticmethod
+    def _lint_names(c: _Compiled, where: str, source: str, env: Environment) -> None:
+        """Warn about variables that are not in the template context (typos)."""
+        ast = env.parse(source)
+        unknown = meta.find_undeclared_variables(ast) - CONTEXT_NAMES - set(env.globals)
+        for name in sorted(unknown):
+            line = next((n.lineno for n in ast.find_all(nodes.Name) if n.name == name), 1)
+            c.problems.append(
+                TemplateProblem(
+                    where,
+                    line,
+                    1,
+                    f"unknown variable {name!r} (the context has: "
+                    f"{', '.join(sorted(CONTEXT_NAMES))})",
+                )
+            )
+
+    # -- rendering
+
+    def render(
+        self,
+        template: str,
+        subject: str,
+        context: Mapping[str, Any],
+        *,
+        locale: str | None,
+        ref: bytes,
+    ) -> Rendered:
+        """The email for one recipient; TemplateError (or RenderTimeout) when it cannot be made.
+
+        ``context`` holds contact, sequence, step, referral, reward; the renderer adds sender,
+        links, lang and dir. ``ref`` is the message's random public id (tracking tokens).
+        """
+        path, key = self._locate(template, locale)
+        compiled = self._get(path, key)
+        if compiled.error is not None:
+            raise TemplateError(str(compiled.error))
+        norm = normalize_locale(locale)
+        lang = norm.split("-", 1)[0] if norm else DEFAULT_LANG
+        direction = text_direction(lang)
+        contact = context.get("contact")
+        code = contact.get("referral_code") if isinstance(contact, Mapping) else None
+        links = TemplateLinks(self.links, ref, code)
+        variables = {
+            **context,
+            "sender": self._sender,
+            "links": links,
+            "lang": lang,
+            "dir": direction,
+        }
+        html_template = self._rtl(compiled) if direction == "rtl" else compiled.html
+        assert html_template is not None and compiled.text is not None  # no error: both built
+        token = _DEADLINE.set(time.perf_counter() + self._timeout)
+        try:
+            label = f"{compiled.name} (subject)"
+            subject_text = _render_part(self._subject(subject), variables)
+            label = compiled.name
+            html = _render_part(html_template, variables)
+            label = compiled.text_name
+            text = _render_part(compiled.text, variables)
+        except TemplateError as exc:
+            raise type(exc)(f"{label}: {exc}") from exc
+        except (RecursionError, MemoryError) as exc:
+            raise RenderTimeout(f"{label}: runaway template ({type(exc).__name__})") from exc
+        except SecurityError as exc:
+            raise TemplateError(f"{label}: unsafe template code: {exc}") from exc
+        except UndefinedError as exc:
+            raise TemplateError(f"{label}: {exc.message}") from exc
+        except Exception as exc:
+            raise TemplateError(f"{label}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            _DEADLINE.reset(token)
+        unsubscribe = links.unsubscribe
+        html_footer, text_question, text_label = self._footer(lang)
+        clicks: dict[str, str] = {}  # the same URL in HTML and text: one token
+        html = self._track_html(html, ref, clicks)
+        cut = html.rfind("</body>")
+        if cut < 0:
+            cut = len(html)
+        tail = (
+            html_footer.replace("{unsubscribe}", htmllib.escape(unsubscribe), 1)
+            + f'<img src="{htmllib.escape(self.links.open(ref))}" width="1" height="1" alt="" '
+            'style="display:block;border:0">'
+        )
+        text = _BLANK_LINES.sub("\n\n", self._track_text(text, ref, clicks)).strip()
+        text += f"\n\n-- \n{self._postal}\n{text_question} {text_label}: {unsubscribe}\n"
+        return Rendered(" ".join(subject_text.split()), html[:cut] + tail + html[cut:], text)
+
+    def _rtl(self, compiled: _Compiled) -> Template:
+        if compiled.rtl is None:
+            path = self.templates_dir / compiled.name
+            compiled.rtl = self._compile_jinja(self._html_env, compiled.rtl_source, path)
+        return compiled.rtl
+
+    def _subject(self, subject: str) -> Template:
+        found = self._subjects.get(subject)
+        if found is None:
+            try:
+                found = self._text_env.from_string(subject)
+            except TemplateSyntaxError as exc:
+                raise TemplateError(f"Jinja syntax error: {exc.message}") from exc
+            if len(self._subjects) > 1024:
+                self._subjects.clear()
+            self._subjects[subject] = found
+        return found
+
+    def _footer(self, lang: str) -> tuple[str, str, str]:
+        """Footer HTML (with an ``{unsubscribe}`` slot) and text, in ``lang`` or English."""
+        found = self._footers.get(lang)
+        if found is None:
+            question, label = FOOTER_TEXT.get(lang, FOOTER_TEXT[DEFAULT_LANG])
+            code = lang if lang in FOOTER_TEXT else DEFAULT_LANG
+            e = htmllib.escape
+            markup = (
+                f'<div lang="{code}" dir="{text_direction(code)}" style="margin:0 auto;'
+                "max-width:600px;padding:16px 25px 24px;font-family:Arial,Helvetica,sans-serif;"
+                'font-size:12px;line-height:18px;color:#6b7280;text-align:center;">'
+                f'<p style="margin:0 0 6px;">{e(self._postal)}</p>'
+                f'<p style="margin:0;">{e(question)} <a href="{{unsubscribe}}" '
+                f'style="color:#6b7280;text-decoration:underline;">{e(label)}</a></p></div>'
+            )
+            found = (markup, question, label)
+            self._footers[lang] = found
+        return found
+
+    def _click(self, ref: bytes, url: str, clicks: dict[str, str]) -> str:
+        tracked = clicks.get(url)
+        if tracked is None:
+            tracked = clicks[url] = self.links.click(ref, url)
+        return tracked
+
+    def _track_html(self, markup: str, ref: bytes, clicks: dict[str, str]) -> str:
+        """Every http(s) href not already ours goes through the click tracker (one pass)."""
+        links = self.links
+
+        def swap(m: re.Match[str]) -> str:
+            before = markup[m.start() - 1] if m.start() else " "
+            if before.isalnum() or before in "-_":  # data-href= and the like
+                return m.group()
+            url = m.group(2) if m.group(2) is not None else m.group(3)
+            if "&" in url:
+                url = htmllib.unescape(url)
+            if links.is_tracking(url):
+                return m.group()
+            return f'href{m.group(1)}"{htmllib.escape(self._click(ref, url, clicks))}"'
+
+        return _HREF.sub(swap, markup)
+
+    def _track_text(self, text: str, ref: bytes, clicks: dict[str, str]) -> str:
+        """Bare http(s) URLs in the text part go through the click tracker too."""
+        links = self.links
+
+        def swap(m: re.Match[str]) -> str:
+            before = text[m.start() - 1] if m.start() else " "
+            if before.isalnum() or before in "@/_":
+                return m.group()
+            url = m.group()
+            trailing = ""
+            while url and url[-1] in _TRAILING_PUNCT:
+                url, trailing = url[:-1], url[-1] + trailing
+            if links.is_tracking(url):
+                return m.group()
+            return self._click(ref, url, clicks) + trailing
+
+        return _TEXT_URL.sub(swap, text)
+
+    # -- validation
+
+    def check(self, template: str) -> list[TemplateProblem]:
+        """Problems in ``template`` and each of its locale variants (nothing is rendered)."""
+        try:
+            base = self._base_path(template)
+        except TemplateError as exc:
+            return [TemplateProblem(template, 1, 1, str(exc))]
+        variant = re.compile(re.escape(base.stem) + r"\.([A-Za-z0-9_-]+)\.mjml\Z")
+        paths = [base] if base.is_file() else []
+        problems: list[TemplateProblem] = []
+        if not paths:
+            problems.append(TemplateProblem(str(base), 1, 1, "template not found"))
+        with contextlib.suppress(OSError):
+            paths += sorted(
+                p
+                for p in base.parent.iterdir()
+                if (m := variant.match(p.name)) and normalize_locale(m.group(1)) and p.is_file()
+            )
+        for path in paths:
+            key = _file_key(path)
+            if key is None:
+                continue
+            for found in self._get(path, key).problems:
+                if found not in problems:
+                    problems.append(found)
+        return problems
+
+    def check_subject(self, subject: str) -> str | None:
+        """A Jinja syntax error (or unknown variable) in a subject line, else None."""
+        try:
+            ast = self._text_env.parse(subject)
+        except TemplateSyntaxError as exc:
+            return f"Jinja syntax error: {exc.message}"
+        unknown = meta.find_undeclared_variables(ast) - CONTEXT_NAMES - set(self._text_env.globals)
+        if unknown:
+            return f"unknown variable {sorted(unknown)[0]!r}"
+        return None

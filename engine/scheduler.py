@@ -1,0 +1,154 @@
+"""The composition root and the scheduler lifecycle: ``tick`` (one pass) and ``run`` (loop).
+
+One place builds the real pieces (database, sequences, renderer, SMTP transport) from the
+settings; the planner and sender only see what they are handed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engine.clock import Clock
+from engine.errors import TemplateError
+from engine.planner import Planner, PlanStats
+from engine.rendering import Renderer
+from engine.sender import Sender, SendStats
+from engine.sequences import LoadResult, Sequence, load_sequences
+from engine.settings import Settings
+from engine.store.db import Database
+from engine.tokens import Links, Signer
+from engine.transport import SmtpTransport, Transport
+
+log = logging.getLogger("engine.scheduler")
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Engine:
+    """Everything a command needs, built once from the settings."""
+
+    settings: Settings
+    clock: Clock
+    db: Database
+    loaded: LoadResult
+    renderer: Renderer
+
+    @classmethod
+    def build(cls, settings: Settings, clock: Clock) -> Engine:
+        renderer = build_renderer(settings)
+        loaded = load_sequences(
+            settings.sequences_dir, template_exists=lambda name: template_exists(renderer, name)
+        )
+        for error in loaded.errors:
+            # A broken file stops only itself; the others keep running.
+            log.error("sequence_invalid %s", error)
+        return cls(settings, clock, Database(settings.database_url), loaded, renderer)
+
+    @property
+    def sequences(self) -> dict[str, Sequence]:
+        return self.loaded.sequences
+
+    def planner(self) -> Planner:
+        return Planner(self.db, self.loaded.sequences, self.settings, self.clock)
+
+    def sender(self, transport: Transport, *, worker_id: str | None = None) -> Sender:
+        return Sender(
+            self.db,
+            self.loaded.sequences,
+            self.renderer,
+            transport,
+            self.settings,
+            self.clock,
+            worker_id=worker_id or worker_name(),
+        )
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def build_renderer(settings: Settings) -> Renderer:
+    links = Links(
+        settings.tracking.base_url, Signer(settings.tracking.secret, settings.tracking.old_secrets)
+    )
+    return Renderer(
+        settings.templates_dir,
+        links=links,
+        sender=settings.sender,
+        render_timeout=settings.schedule.render_timeout_seconds,
+    )
+
+
+def template_exists(renderer: Renderer, name: str) -> bool:
+    """True when the base (locale-less) template file exists."""
+    try:
+        renderer.resolve(name, None)
+    except TemplateError:
+        return False
+    return True
+
+
+@dataclass
+class TickResult:
+    plan: PlanStats
+    send: SendStats
+
+
+async def tick(
+    engine: Engine, transport: Transport | None = None, stop: asyncio.Event | None = None
+) -> TickResult:
+    """One pass at the clock's now: plan, send what is due, then react to what sending caused."""
+    planner = engine.planner()
+    plan = planner.plan()
+    own = transport is None
+    transport = transport or SmtpTransport(engine.settings.smtp)
+    try:
+        sent = await engine.sender(transport).send_due(stop)
+    finally:
+        if own:
+            await transport.close()
+    # Bounces recorded while sending stop their sequences now, not on the next tick.
+    plan += planner.plan()
+    return TickResult(plan, sent)
+
+
+async def run(
+    engine: Engine,
+    *,
+    transport: Transport | None = None,
+    stop: asyncio.Event | None = None,
+    on_tick: Callable[[TickResult], None] | None = None,
+    interval: float | None = None,
+) -> None:
+    """Tick until SIGTERM/SIGINT (or ``stop``); in-flight sends finish, the rest is released."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+    own = transport is None
+    transport = transport or SmtpTransport(engine.settings.smtp)
+    wait = engine.settings.schedule.tick_seconds if interval is None else interval
+    try:
+        while not stop.is_set():
+            result = await tick(engine, transport, stop)
+            if on_tick:
+                on_tick(result)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=wait)
+            except TimeoutError:
+                pass
+    finally:
+        if own:
+            await transport.close()
+        log.info("scheduler_stopped")

@@ -1,0 +1,483 @@
+"""Sending from the outbox: claim with a lease, render, build MIME, deliver, record.
+
+A claim bumps the row's ``fence``. Before talking SMTP and when recording the result, the
+worker proves it still holds the lease with ``WHERE id = :id AND fence = :fence``: a worker that
+wakes up after its lease expired (and someone else re-claimed the row) can neither send nor
+record. A crash leaves rows in ``sending``; once their lease runs out they are claimed again and
+go out with the same Message-ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy.orm import Session
+
+from engine.clock import Clock
+from engine.errors import PermanentFailure, PolicyFailure, TemplateError, TemporaryFailure
+from engine.mime import OutgoingEmail, build_message
+from engine.planner import record_event
+from engine.rendering import Renderer
+from engine.sequences import SendStep, Sequence
+from engine.settings import Settings
+from engine.store.db import Database
+from engine.store.models import Alert, Contact, Enrollment, Event, Message, Suppression
+from engine.transport import Transport
+
+log = logging.getLogger("engine.sender")
+
+CONTACT_FIELDS = (
+    "email",
+    "first_name",
+    "last_name",
+    "company",
+    "locale",
+    "timezone",
+    "kind",
+    "nps_score",
+    "referral_code",
+)
+
+
+@dataclass
+class SendStats:
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    bounced: int = 0
+    render_failed: int = 0
+    skipped: int = 0  # lost the lease or cancelled meanwhile
+    paused: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    fence: int
+
+
+def contact_context(contact: Contact) -> dict[str, Any]:
+    """What templates see as ``contact``: custom fields, then the standard ones; absent = absent."""
+    ctx: dict[str, Any] = {k: v for k, v in (contact.fields or {}).items() if v not in (None, "")}
+    for name in CONTACT_FIELDS:
+        value = getattr(contact, name)
+        if value not in (None, ""):
+            ctx[name] = value
+    return ctx
+
+
+def active_pause(session: Session, now: datetime) -> Alert | None:
+    """The alert that currently pauses sending, if any."""
+    return session.scalars(
+        select(Alert).where(Alert.pause_until > now).order_by(Alert.pause_until.desc()).limit(1)
+    ).first()
+
+
+class Sender:
+    """Delivers due outbox rows through a Transport, ``connections`` at a time."""
+
+    def __init__(
+        self,
+        db: Database,
+        sequences: dict[str, Sequence],
+        renderer: Renderer,
+        transport: Transport,
+        settings: Settings,
+        clock: Clock,
+        *,
+        worker_id: str,
+    ) -> None:
+        self.db = db
+        self.sequences = sequences
+        self.renderer = renderer
+        self.transport = transport
+        self.settings = settings
+        self.clock = clock
+        self.worker_id = worker_id
+        self.lease = timedelta(seconds=settings.schedule.lease_seconds)
+
+    # -- claiming ----------------------------------------------------------------------------
+
+    def claim(self, limit: int) -> list[Claimed]:
+        """Take up to ``limit`` due rows (or rows whose lease expired) under a fresh lease."""
+        now = self.clock.now()
+        pending_event = exists().where(
+            Event.contact_id == Message.contact_id, Event.handled_at.is_(None)
+        )
+        suppressed = exists().where(Suppression.email == Contact.email)
+        candidates = (
+            select(Message.id)
+            .join(Enrollment, Enrollment.id == Message.enrollment_id)
+            .join(Contact, Contact.id == Message.contact_id)
+            .where(
+                or_(
+                    and_(Message.status == "queued", Message.due_at <= now),
+                    and_(Message.status == "sending", Message.lease_until < now),
+                ),
+                Enrollment.status == "active",
+                Contact.unsubscribed_at.is_(None),
+                ~suppressed,
+                ~pending_event,
+            )
+            .order_by(Message.due_at)
+            .limit(limit)
+        )
+        if self.db.is_postgres:
+            candidates = candidates.with_for_update(skip_locked=True, of=Message)
+        stmt = (
+            update(Message)
+            .where(Message.id.in_(candidates.scalar_subquery()))
+            .values(
+                status="sending",
+                lease_owner=self.worker_id,
+                lease_until=now + self.lease,
+                fence=Message.fence + 1,
+                attempts=Message.attempts + 1,
+            )
+            .returning(Message.id, Message.fence)
+            .execution_options(synchronize_session=False)
+        )
+        with self.db.session() as session, session.begin():
+            if active_pause(session, now) is not None:
+                return []
+            rows = session.execute(stmt).all()
+        return [Claimed(r[0], r[1]) for r in rows]
+
+    def release(self, claimed: list[Claimed]) -> None:
+        """Give rows back unsent (shutdown, pause); they keep their Message-ID and attempts-1."""
+        if not claimed:
+            return
+        with self.db.session() as session, session.begin():
+            for c in claimed:
+                session.execute(
+                    update(Message)
+                    .where(
+                        Message.id == c.id, Message.fence == c.fence, Message.status == "sending"
+                    )
+                    .values(
+                        status="queued",
+                        lease_owner=None,
+                        lease_until=None,
+                        attempts=Message.attempts - 1,
+                    )
+                )
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def send_due(self, stop: asyncio.Event | None = None) -> SendStats:
+        """Send everything due now, batch by batch, until none is left, a pause, or ``stop``."""
+        stats = SendStats()
+        batch_size = self.settings.schedule.batch_size
+        while not (stop and stop.is_set()) and not stats.paused:
+            claimed = self.claim(batch_size)
+            if not claimed:
+                break
+            await self.deliver(claimed, stats, stop)
+        return stats
+
+    async def deliver(
+        self, claimed: list[Claimed], stats: SendStats, stop: asyncio.Event | None
+    ) -> None:
+        queue: asyncio.Queue[Claimed] = asyncio.Queue()
+        for c in claimed:
+            queue.put_nowait(c)
+        untouched: list[Claimed] = []
+
+        async def worker() -> None:
+            while not queue.empty():
+                c = queue.get_nowait()
+                if stats.paused or (stop is not None and stop.is_set()):
+                    untouched.append(c)
+                    continue
+                await self._deliver_one(c, stats)
+
+        workers = max(1, min(self.settings.smtp.connections, len(claimed)))
+        async with asyncio.TaskGroup() as group:
+            for _ in range(workers):
+                group.create_task(worker())
+        self.release(untouched)
+
+    async def _deliver_one(self, c: Claimed, stats: SendStats) -> None:
+        prepared = self._prepare(c, stats)
+        if prepared is None:
+            return
+        recipient, data = prepared
+        if not self._still_mine(c):
+            stats.skipped += 1
+            log.warning("lease_lost message=%s fence=%s", c.id, c.fence)
+            return
+        try:
+            await self.transport.send(self.settings.sender.from_email, recipient, data)
+        except TemporaryFailure as exc:
+            self._retry(c, exc, stats)
+        except PolicyFailure as exc:
+            self._pause(c, exc, stats)
+        except PermanentFailure as exc:
+            self._fail(c, exc, stats)
+        else:
+            # The send happened; record it even if we are being cancelled meanwhile.
+            await asyncio.shield(self._record_sent(c, stats))
+
+    async def _record_sent(self, c: Claimed, stats: SendStats) -> None:
+        now = self.clock.now()
+        with self.db.session() as session, session.begin():
+            done = session.execute(
+                update(Message)
+                .where(Message.id == c.id, Message.fence == c.fence, Message.status == "sending")
+                .values(
+                    status="sent", sent_at=now, lease_owner=None, lease_until=None, last_error=None
+                )
+            ).rowcount
+            if not done:
+                stats.skipped += 1
+                return
+            enrollment_id = session.scalar(select(Message.enrollment_id).where(Message.id == c.id))
+            # The next step's wait counts from the moment this email actually left.
+            session.execute(
+                update(Enrollment)
+                .where(
+                    Enrollment.id == enrollment_id,
+                    Enrollment.status == "active",
+                    Enrollment.next_at.is_(None),
+                )
+                .values(next_at=now)
+            )
+        stats.sent += 1
+
+    def _still_mine(self, c: Claimed) -> bool:
+        """Fencing check right before SMTP: extend the lease only if nobody re-claimed the row."""
+        now = self.clock.now()
+        with self.db.session() as session, session.begin():
+            return bool(
+                session.execute(
+                    update(Message)
+                    .where(
+                        Message.id == c.id,
+                        Message.fence == c.fence,
+                        Message.status == "sending",
+                        Message.lease_until > now,
+                    )
+                    .values(lease_until=now + self.lease)
+                ).rowcount
+            )
+
+    # -- preparing ---------------------------------------------------------------------------
+
+    def _prepare(self, c: Claimed, stats: SendStats) -> tuple[str, bytes] | None:
+        """Render and build the MIME bytes; a render failure holds back this one email only."""
+        with self.db.session() as session:
+            row = session.execute(
+                select(Message, Contact, Enrollment)
+                .join(Contact, Contact.id == Message.contact_id)
+                .join(Enrollment, Enrollment.id == Message.enrollment_id)
+                .where(Message.id == c.id, Message.fence == c.fence)
+            ).first()
+            if row is None:
+                stats.skipped += 1
+                return None
+            message, contact, enrollment = row
+            trigger = (
+                session.get(Event, enrollment.trigger_event_id)
+                if enrollment.trigger_event_id
+                else None
+            )
+            parent_subject = (
+                session.scalar(
+                    select(Message.subject).where(Message.message_id == message.in_reply_to)
+                )
+                if message.in_reply_to
+                else None
+            )
+        seq = self.sequences.get(message.sequence_id)
+        step = None
+        if seq is not None:
+            step = next(
+                (s for s in seq.steps if isinstance(s, SendStep) and s.id == message.step_id), None
+            )
+        if seq is None or step is None:
+            self._hold(c, f"step {message.sequence_id}/{message.step_id} no longer exists", stats)
+            return None
+        context: dict[str, Any] = {
+            "contact": contact_context(contact),
+            "sequence": seq.id,
+            "step": step.id,
+            "referral": _referral_context(trigger),
+            "reward": (trigger.data or {}).get("reward") if trigger else None,
+        }
+        subject_source = step.subject_for(contact.locale)
+        try:
+            rendered = self.renderer.render(
+                step.template, subject_source, context, locale=contact.locale, ref=message.ref
+            )
+        except TemplateError as exc:
+            self._hold(c, f"render_failed: {exc}", stats, status="render_failed")
+            return None
+        subject = rendered.subject or (f"Re: {parent_subject}" if parent_subject else "")
+        name = " ".join(filter(None, [contact.first_name, contact.last_name]))
+        email = OutgoingEmail(
+            message_id=message.message_id,
+            from_name=self.settings.sender.from_name,
+            from_email=self.settings.sender.from_email,
+            reply_to=self.settings.sender.reply_to,
+            to_name=name,
+            to_email=contact.email,
+            subject=subject,
+            html=rendered.html,
+            text=rendered.text,
+            date=self.clock.now(),
+            list_unsubscribe_url=self.renderer.links.unsubscribe(message.ref),
+            list_unsubscribe_mailto=self.settings.sender.unsubscribe_mailto,
+            feedback_id=f"{step.id}:{seq.id}:{seq.category}:{self.settings.sender.feedback_id}",
+            in_reply_to=message.in_reply_to,
+            references=tuple((message.references or "").split()),
+        )
+        try:
+            data = build_message(email)
+        except ValueError as exc:  # an address that cannot be sent to safely
+            self._hold(c, f"invalid message: {exc}", stats, status="failed")
+            return None
+        with self.db.session() as session, session.begin():
+            session.execute(update(Message).where(Message.id == c.id).values(subject=subject))
+        return contact.email, data
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    def _finish(self, session: Session, c: Claimed, **values: Any) -> bool:
+        return bool(
+            session.execute(
+                update(Message)
+                .where(Message.id == c.id, Message.fence == c.fence, Message.status == "sending")
+                .values(lease_owner=None, lease_until=None, **values)
+            ).rowcount
+        )
+
+    def _hold(
+        self, c: Claimed, reason: str, stats: SendStats, status: str = "render_failed"
+    ) -> None:
+        """Keep this email back with its reason; the enrollment waits for a person."""
+        log.warning("email_held message=%s reason=%s", c.id, reason)
+        with self.db.session() as session, session.begin():
+            if not self._finish(session, c, status=status, last_error=reason):
+                return
+            session.execute(
+                update(Enrollment)
+                .where(
+                    Enrollment.id
+                    == select(Message.enrollment_id).where(Message.id == c.id).scalar_subquery(),
+                    Enrollment.status == "active",
+                )
+                .values(status="held", reason=reason)
+            )
+        if status == "render_failed":
+            stats.render_failed += 1
+        else:
+            stats.failed += 1
+        stats.errors.append(reason)
+
+    def _retry(self, c: Claimed, exc: TemporaryFailure, stats: SendStats) -> None:
+        now = self.clock.now()
+        smtp = self.settings.smtp
+        with self.db.session() as session, session.begin():
+            attempts = session.scalar(select(Message.attempts).where(Message.id == c.id)) or 1
+            if attempts >= smtp.max_attempts:
+                reason = f"gave up after {attempts} attempts: {exc}"
+                self._finish(session, c, status="failed", last_error=reason)
+                self._stop_enrollment(session, c, reason, now)
+                stats.failed += 1
+                return
+            delay = min(smtp.retry_max_seconds, smtp.retry_base_seconds * 2 ** (attempts - 1))
+            delay = max(delay * random.uniform(0.8, 1.2), exc.retry_after or 0.0)
+            self._finish(
+                session,
+                c,
+                status="queued",
+                last_error=str(exc),
+                due_at=now + timedelta(seconds=delay),
+            )
+        log.info("email_deferred message=%s delay=%.0fs reason=%s", c.id, delay, exc)
+        stats.retried += 1
+
+    def _fail(self, c: Claimed, exc: PermanentFailure, stats: SendStats) -> None:
+        now = self.clock.now()
+        with self.db.session() as session, session.begin():
+            if not self._finish(session, c, status="failed", last_error=str(exc)):
+                return
+            message = session.get(Message, c.id)
+            assert message is not None
+            contact = session.get(Contact, message.contact_id)
+            assert contact is not None
+            if exc.hard_bounce:
+                if session.get(Suppression, contact.email) is None:
+                    session.add(
+                        Suppression(
+                            email=contact.email, reason=f"hard bounce: {exc}", created_at=now
+                        )
+                    )
+                stats.bounced += 1
+            record_event(
+                session,
+                "bounced",
+                now,
+                contact_id=contact.id,
+                message=message,
+                data={
+                    "hard": exc.hard_bounce,
+                    "code": exc.code,
+                    "reason": str(exc),
+                    "source": "smtp",
+                },
+            )
+            self._stop_enrollment(session, c, f"delivery failed: {exc}", now)
+        log.warning("email_failed message=%s hard=%s reason=%s", c.id, exc.hard_bounce, exc)
+        stats.failed += 1
+
+    def _stop_enrollment(self, session: Session, c: Claimed, reason: str, now: datetime) -> None:
+        session.execute(
+            update(Enrollment)
+            .where(
+                Enrollment.id
+                == select(Message.enrollment_id).where(Message.id == c.id).scalar_subquery(),
+                Enrollment.status == "active",
+            )
+            .values(status="stopped", reason=reason, ended_at=now, next_at=None)
+        )
+
+    def _pause(self, c: Claimed, exc: PolicyFailure, stats: SendStats) -> None:
+        """The server refuses *us*: stop sending for a while and tell a person; keep the contact."""
+        now = self.clock.now()
+        until = now + timedelta(seconds=self.settings.smtp.policy_pause_seconds)
+        with self.db.session() as session, session.begin():
+            self._finish(
+                session, c, status="queued", last_error=str(exc), attempts=Message.attempts - 1
+            )
+            if active_pause(session, now) is None:
+                session.add(
+                    Alert(
+                        kind="sending_paused",
+                        created_at=now,
+                        pause_until=until,
+                        message=f"SMTP policy rejection, sending paused until "
+                        f"{until:%Y-%m-%d %H:%M} UTC: {exc}",
+                    )
+                )
+        log.error("sending_paused until=%s reason=%s", until.isoformat(), exc)
+        stats.paused = True
+        stats.errors.append(f"sending paused: {exc}")
+
+
+def _referral_context(trigger: Event | None) -> dict[str, Any] | None:
+    if trigger is None or not trigger.type.startswith("referral."):
+        return None
+    data = trigger.data or {}
+    return {
+        k: data.get(k)
+        for k in ("friend_name", "friend_email", "status", "value")
+        if data.get(k) is not None
+    }

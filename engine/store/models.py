@@ -1,0 +1,200 @@
+"""Tables. Every email is a row (``messages``, the outbox) before it is an SMTP transaction.
+
+Times are stored as naive UTC (``UtcDateTime`` converts at the boundary) so SQLite and
+PostgreSQL compare them the same way.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Integer primary keys that are 64-bit on PostgreSQL and ROWID aliases on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in Python, naive UTC in the database."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use aware UTC")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    first_name: Mapped[str | None] = mapped_column(String(200))
+    last_name: Mapped[str | None] = mapped_column(String(200))
+    company: Mapped[str | None] = mapped_column(String(200))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    locale: Mapped[str | None] = mapped_column(String(35))
+    kind: Mapped[str] = mapped_column(String(16), default="customer")
+    nps_score: Mapped[int | None] = mapped_column(Integer)
+    nps_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    customer_since: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_complaint_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    fields: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    referral_code: Mapped[str] = mapped_column(String(32), unique=True)
+    unsubscribed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # When audience eligibility must next be evaluated (NULL: only a change to the contact can
+    # make it eligible). The planner reads this index, so its cost follows due work.
+    check_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Enrollment(Base):
+    """A contact's run through one sequence. ``key`` makes re-entries and triggers idempotent."""
+
+    __tablename__ = "enrollments"
+    __table_args__ = (
+        UniqueConstraint("contact_id", "sequence_id", "key"),
+        Index("ix_enrollments_due", "status", "next_at"),
+        Index("ix_enrollments_contact_seq", "contact_id", "sequence_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    sequence_id: Mapped[str] = mapped_column(String(100))
+    key: Mapped[str] = mapped_column(String(64))  # "cycle-N" (audience) or "event-ID" (trigger)
+    status: Mapped[str] = mapped_column(
+        String(16), default="active"
+    )  # active|completed|stopped|held
+    position: Mapped[int] = mapped_column(Integer, default=0)  # index of the next step to run
+    next_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # NULL: waiting for a send
+    reason: Mapped[str | None] = mapped_column(Text)
+    trigger_event_id: Mapped[int | None] = mapped_column(BigId)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class Message(Base):
+    """The outbox. One row per enrollment and step; Message-ID fixed when the row is written."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("enrollment_id", "step_id"),
+        Index("ix_messages_claim", "status", "due_at"),
+        Index("ix_messages_contact", "contact_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    enrollment_id: Mapped[int] = mapped_column(ForeignKey("enrollments.id", ondelete="CASCADE"))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    sequence_id: Mapped[str] = mapped_column(String(100))
+    step_id: Mapped[str] = mapped_column(String(100))
+    message_id: Mapped[str] = mapped_column(String(250), unique=True)
+    ref: Mapped[bytes] = mapped_column(LargeBinary(16), unique=True)  # opaque id in tracking URLs
+    subject: Mapped[str | None] = mapped_column(Text)  # as rendered, kept for threading and reports
+    in_reply_to: Mapped[str | None] = mapped_column(String(250))
+    references: Mapped[str | None] = mapped_column(Text)
+    # queued -> sending -> sent | failed | render_failed | cancelled | suppressed
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    due_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    fence: Mapped[int] = mapped_column(BigInteger, default=0)  # bumped by every claim
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class Event(Base):
+    """Something that happened to a contact. ``handled_at`` NULL: the planner has not reacted yet."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_contact_type", "contact_id", "type", "occurred_at"),
+        Index("ix_events_message", "message_id", "type"),
+        Index("ix_events_pending", "handled_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    type: Mapped[str] = mapped_column(String(40))
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="SET NULL"))
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+    sequence_id: Mapped[str | None] = mapped_column(String(100))
+    step_id: Mapped[str | None] = mapped_column(String(100))
+    occurred_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    handled_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class Referral(Base):
+    __tablename__ = "referrals"
+    __table_args__ = (UniqueConstraint("referrer_id", "friend_email"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    referrer_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    friend_email: Mapped[str] = mapped_column(String(320), index=True)
+    friend_name: Mapped[str | None] = mapped_column(String(200))
+    friend_contact_id: Mapped[int | None] = mapped_column(
+        ForeignKey("contacts.id", ondelete="SET NULL")
+    )
+    channel: Mapped[str] = mapped_column(String(16), default="cli")
+    status: Mapped[str] = mapped_column(String(16), default="introduced")
+    value: Mapped[float | None] = mapped_column(Numeric(12, 2))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    converted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class Suppression(Base):
+    __tablename__ = "suppressions"
+
+    email: Mapped[str] = mapped_column(String(320), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Alert(Base):
+    """Something a person must look at; ``pause_until`` set means sending is paused until then."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    pause_until: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)

@@ -1,0 +1,251 @@
+"""HMAC-signed opaque tokens for tracking URLs, and the one place that builds those URLs.
+
+A token is urlsafe base64 (no padding) of a compact binary payload plus a truncated MAC:
+
+    version (1) | key id (4) | kind code + flags (1) | ref length (1) | ref
+    | value (zigzag varint, when flagged) | url (UTF-8, rest of the payload, when flagged)
+    | HMAC-SHA256(payload)[:16]
+
+The key id (first 4 bytes of sha256(secret)) selects the key on verification, so rotating the
+secret keeps older emails' links working as long as the old secret stays in ``old_secrets``.
+Nothing in a token is readable as an email address or a sequential id: ``ref`` is a message's
+random public id.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import quote
+
+VERSION = 1
+MAC_SIZE = 16
+KEY_ID_SIZE = 4
+MAX_REF_SIZE = 64
+MAX_URL_BYTES = 4096
+# Longest possible token: header, longest ref, a 10-byte varint, longest URL, MAC; base64 is 4/3.
+MAX_TOKEN_CHARS = (1 + KEY_ID_SIZE + 2 + MAX_REF_SIZE + 10 + MAX_URL_BYTES + MAC_SIZE) * 4 // 3 + 4
+_MIN_RAW = 1 + KEY_ID_SIZE + 2 + 1 + MAC_SIZE
+
+KINDS: dict[str, int] = {
+    "open": 1,
+    "click": 2,
+    "unsubscribe": 3,
+    "nps": 4,
+    "form.intro": 5,
+    "form.partner": 6,
+    "form.testimonial": 7,
+}
+# /f/<name>/<token>: the form name in the path must match the token's kind.
+FORM_KINDS: dict[str, str] = {
+    "intro": "form.intro",
+    "partner": "form.partner",
+    "testimonial": "form.testimonial",
+}
+_KIND_NAMES = {code: name for name, code in KINDS.items()}
+_NEEDS_URL = frozenset({"click"})
+_NEEDS_VALUE = frozenset({"nps"})
+_HAS_VALUE = 0x40
+_HAS_URL = 0x80
+_CODE_MASK = 0x3F
+_MAX_VALUE = 1 << 63
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """What a verified token says."""
+
+    kind: str
+    ref: bytes
+    url: str | None
+    value: int | None
+
+
+def key_id(secret: str) -> bytes:
+    """The 4-byte key id of a secret: ``sha256(secret)[:4]``."""
+    return hashlib.sha256(secret.encode("utf-8")).digest()[:KEY_ID_SIZE]
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _zigzag(value: int) -> bytes:
+    n = value * 2 if value >= 0 else -value * 2 - 1
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _unzigzag(raw: bytes, pos: int, end: int) -> tuple[int, int] | None:
+    """Decode a varint at ``pos``; None when truncated or longer than 10 bytes."""
+    n = shift = 0
+    for i in range(pos, min(end, pos + 10)):
+        byte = raw[i]
+        n |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return (n >> 1) ^ -(n & 1), i + 1
+        shift += 7
+    return None
+
+
+class Signer:
+    """Signs and verifies tokens with ``secret``; ``old_secrets`` still verify (rotation)."""
+
+    def __init__(self, secret: str, old_secrets: Sequence[str] = ()) -> None:
+        if not secret:
+            raise ValueError("the token secret must not be empty")
+        self._key_id = key_id(secret)
+        # A keyed HMAC state per key: copying it per token skips the key schedule.
+        self._macs: dict[bytes, hmac.HMAC] = {}
+        for s in (*old_secrets, secret):  # the current secret wins a (2^-32) key id clash
+            if s:
+                self._macs[key_id(s)] = hmac.new(s.encode("utf-8"), digestmod=hashlib.sha256)
+        self._mac = self._macs[self._key_id]
+        self._prefix = bytes((VERSION,)) + self._key_id
+
+    def sign(
+        self, kind: str, ref: bytes, *, url: str | None = None, value: int | None = None
+    ) -> str:
+        """A token for ``kind`` about message ``ref``; ``url`` and ``value`` are covered by the MAC.
+
+        ``click`` needs ``url``, ``nps`` needs ``value``; other kinds take neither.
+        """
+        code = KINDS.get(kind)
+        if code is None:
+            raise ValueError(f"unknown token kind {kind!r}")
+        if (url is not None) != (kind in _NEEDS_URL):
+            raise ValueError(
+                f"a {kind!r} token {'needs' if kind in _NEEDS_URL else 'takes no'} url"
+            )
+        if (value is not None) != (kind in _NEEDS_VALUE):
+            raise ValueError(
+                f"a {kind!r} token {'needs' if kind in _NEEDS_VALUE else 'takes no'} value"
+            )
+        if not 0 < len(ref) <= MAX_REF_SIZE:
+            raise ValueError(f"ref must be 1..{MAX_REF_SIZE} bytes")
+        flags = code
+        tail = b""
+        if value is not None:
+            if not -_MAX_VALUE <= value < _MAX_VALUE:
+                raise ValueError("value out of the 64-bit range")
+            flags |= _HAS_VALUE
+            tail = _zigzag(value)
+        if url is not None:
+            encoded = url.encode("utf-8")
+            if len(encoded) > MAX_URL_BYTES:
+                raise ValueError(f"url longer than {MAX_URL_BYTES} bytes")
+            flags |= _HAS_URL
+            tail += encoded
+        payload = self._prefix + bytes((flags, len(ref))) + ref + tail
+        mac = self._mac.copy()
+        mac.update(payload)
+        return _b64(payload + mac.digest()[:MAC_SIZE])
+
+    def verify(self, token: str, *, kind: str | None = None) -> Token | None:
+        """The token's content, or None when it is not one of ours (never raises).
+
+        With ``kind``, a valid token of another kind is also None.
+        """
+        if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except (binascii.Error, ValueError):
+            return None
+        # Re-encoding rejects stray characters and non-canonical trailing bits, so exactly
+        # one string maps to each token.
+        if len(raw) < _MIN_RAW or raw[0] != VERSION or _b64(raw) != token:
+            return None
+        base = self._macs.get(raw[1 : 1 + KEY_ID_SIZE])
+        if base is None:
+            return None
+        end = len(raw) - MAC_SIZE
+        mac = base.copy()
+        mac.update(raw[:end])
+        if not hmac.compare_digest(mac.digest()[:MAC_SIZE], raw[end:]):
+            return None
+        return _parse(raw, end, kind)
+
+
+def _parse(raw: bytes, end: int, expected: str | None) -> Token | None:
+    flags = raw[1 + KEY_ID_SIZE]
+    name = _KIND_NAMES.get(flags & _CODE_MASK)
+    if name is None or (expected is not None and name != expected):
+        return None
+    if bool(flags & _HAS_URL) != (name in _NEEDS_URL):
+        return None
+    if bool(flags & _HAS_VALUE) != (name in _NEEDS_VALUE):
+        return None
+    ref_len = raw[2 + KEY_ID_SIZE]
+    pos = 3 + KEY_ID_SIZE
+    if ref_len == 0 or pos + ref_len > end:
+        return None
+    ref = raw[pos : pos + ref_len]
+    pos += ref_len
+    value: int | None = None
+    if flags & _HAS_VALUE:
+        decoded = _unzigzag(raw, pos, end)
+        if decoded is None:
+            return None
+        value, pos = decoded
+    url: str | None = None
+    if flags & _HAS_URL:
+        try:
+            url = raw[pos:end].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    elif pos != end:
+        return None
+    return Token(name, ref, url, value)
+
+
+class Links:
+    """The one place that builds tracking URLs (all under ``base_url``)."""
+
+    def __init__(self, base_url: str, signer: Signer) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.signer = signer
+        self._prefix = self.base_url + "/"
+
+    def is_tracking(self, url: str) -> bool:
+        """True for a URL that already points at the tracking base (never click-rewritten)."""
+        return url.startswith(self._prefix) or url == self.base_url
+
+    def open(self, ref: bytes) -> str:
+        """The open pixel: ``{base}/o/<token>.gif``."""
+        return f"{self._prefix}o/{self.signer.sign('open', ref)}.gif"
+
+    def click(self, ref: bytes, url: str) -> str:
+        """The click redirect to ``url``: ``{base}/c/<token>`` (the URL is inside the token)."""
+        return f"{self._prefix}c/{self.signer.sign('click', ref, url=url)}"
+
+    def unsubscribe(self, ref: bytes) -> str:
+        """One-click unsubscribe: ``{base}/u/<token>``."""
+        return f"{self._prefix}u/{self.signer.sign('unsubscribe', ref)}"
+
+    def nps(self, ref: bytes, score: int) -> str:
+        """Records NPS ``score`` (0-10): ``{base}/nps/<token>``."""
+        if isinstance(score, bool) or not isinstance(score, int) or not 0 <= score <= 10:
+            raise ValueError(f"an NPS score is an integer 0..10, got {score!r}")
+        return f"{self._prefix}nps/{self.signer.sign('nps', ref, value=score)}"
+
+    def referral(self, code: str) -> str:
+        """The personal referral page: ``{base}/r/<code>``."""
+        if not code:
+            raise ValueError("an empty referral code")
+        return f"{self._prefix}r/{quote(code, safe='')}"
+
+    def form(self, name: str, ref: bytes) -> str:
+        """A form (intro, partner, testimonial): ``{base}/f/<name>/<token>``."""
+        kind = FORM_KINDS.get(name)
+        if kind is None:
+            raise ValueError(f"unknown form {name!r} (one of {', '.join(FORM_KINDS)})")
+        return f"{self._prefix}f/{name}/{self.signer.sign(kind, ref)}"

@@ -1,0 +1,296 @@
+"""End-to-end scenarios through the CLI: import -> tick -> real SMTP, with the injected clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from engine.store.models import Alert, Enrollment, Message, Suppression
+from tests.conftest import Project
+from tests.scenario import contacts, sent_to, setup
+
+ANA = "ana@example.com,Ana,Lima,Lima Co,UTC,10,2026-01-01,2025-01-01,,en,customer"
+DANA = "dana@example.com,Dana,Reyes,Reyes Co,UTC,3,2026-01-01,2025-01-01,,en,customer"
+PETE = "pete@example.com,Pete,Novak,Novak Co,UTC,8,2026-01-01,2025-01-01,,en,customer"
+SIX = "six@example.com,Sia,Six,Six Co,UTC,6,2026-01-01,2025-01-01,,en,customer"
+NEW = "new@example.com,Nina,Berg,Berg Co,UTC,10,2026-01-01,2026-02-20,,en,customer"
+ANGRY = "carl@example.com,Carl,Meyer,Meyer Co,UTC,9,2026-01-01,2025-01-01,2026-02-25,en,customer"
+PARTNER = "priya@example.com,Priya,Shah,Bloom,UTC,10,2026-01-01,2025-01-01,,en,partner"
+
+
+@pytest.fixture
+def program(make_project: Callable[..., Project]) -> Project:
+    return setup(make_project(shipped=False))
+
+
+def count(project: Project, model: type, *where: object) -> int:
+    engine = project.engine()
+    with engine.db.session() as s:
+        n = s.scalar(select(func.count()).select_from(model).where(*where)) or 0
+    engine.close()
+    return n
+
+
+def test_promoter_is_asked_and_nobody_else(program: Project) -> None:
+    contacts(program, ANA, DANA, PETE, SIX, NEW, ANGRY, PARTNER)
+    code, out = program.cli("tick")
+    assert code == 0, out
+    assert sent_to(program) == ["ana@example.com"]
+    msg = program.sink.messages[0].message
+    assert msg["Subject"] == "Ana, who could you introduce?"
+    assert msg["Feedback-ID"] == "ask:ask:referral:acme"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+def test_second_tick_at_the_same_instant_sends_nothing(program: Project) -> None:
+    contacts(program, ANA)
+    program.cli("tick")
+    program.cli("tick")
+    assert sent_to(program) == ["ana@example.com"]
+    assert count(program, Message) == 1
+
+
+def test_detractor_and_score_below_five_are_never_asked(program: Project) -> None:
+    contacts(program, DANA, SIX)
+    for _ in range(5):
+        program.cli("tick")
+        program.clock.advance(timedelta(days=30))
+    assert sent_to(program) == []
+    code, out = program.cli("explain", "--contact", "dana@example.com")
+    assert "min_score" in out and "NPS score 3 is below 5" in out
+
+
+def test_new_customer_waits_until_thirty_days(program: Project) -> None:
+    contacts(program, NEW)  # customer since 2026-02-20, now 2026-03-02
+    program.cli("tick")
+    assert sent_to(program) == []
+    _, out = program.cli("explain", "--contact", "new@example.com")
+    assert "customer_for_at_least" in out and "2026-03-22" in out
+    program.clock.set(program.clock.now().replace(day=23))  # Monday 2026-03-23
+    program.cli("tick")
+    assert sent_to(program) == ["new@example.com"]
+
+
+def test_recent_complaint_holds_the_ask_back(program: Project) -> None:
+    contacts(program, ANGRY)  # complained 2026-02-25
+    program.cli("tick")
+    assert sent_to(program) == []
+    _, out = program.cli("explain", "--contact", "carl@example.com")
+    assert "no_complaint_within" in out
+    program.clock.advance(timedelta(days=28))  # 2026-03-30, a Monday
+    program.cli("tick")
+    assert sent_to(program) == ["carl@example.com"]
+
+
+def test_reminder_continues_the_thread_after_three_days(program: Project) -> None:
+    contacts(program, ANA)
+    program.cli("tick")
+    program.clock.advance(timedelta(days=2, hours=23))
+    program.cli("tick")
+    assert len(program.sink.messages) == 1
+    program.clock.advance(timedelta(hours=1))
+    program.cli("tick")
+    ask, reminder = (m.message for m in program.sink.messages)
+    assert reminder["In-Reply-To"] == ask["Message-ID"]
+    assert ask["Message-ID"] in reminder["References"]
+    assert reminder["Subject"].startswith("Re: ")
+
+
+def test_reply_stops_the_sequence(program: Project) -> None:
+    contacts(program, ANA)
+    program.cli("tick")
+    engine = program.engine()
+    from engine.planner import record_event
+
+    with engine.db.session() as s, s.begin():
+        message = s.scalars(select(Message)).one()
+        record_event(s, "replied", program.clock.now(), contact_id=message.contact_id,
+                     message=message)
+    engine.close()
+    program.clock.advance(timedelta(days=4))
+    program.cli("tick")
+    assert len(program.sink.messages) == 1
+    assert count(program, Enrollment, Enrollment.status == "stopped") == 1
+
+
+def test_referral_starts_thanks_stops_ask_and_rewards_once(program: Project) -> None:
+    contacts(program, ANA)
+    program.cli("tick")
+    code, out = program.cli("referrals", "add", "--referrer", "ana@example.com",
+                            "--email", "mia@example.com", "--name", "Mia Wong")
+    assert code == 0, out
+    program.cli("tick")
+    assert [m.message["Subject"] for m in program.sink.messages][1] == \
+        "Thank you for introducing Mia Wong"
+    program.clock.advance(timedelta(days=5))
+    program.cli("tick")
+    assert len(program.sink.messages) == 2  # the reminder was stopped by the referral
+    assert program.cli("referrals", "convert", "--email", "mia@example.com",
+                       "--value", "1200")[0] == 0
+    code, out = program.cli("referrals", "convert", "--email", "mia@example.com")
+    assert "already converted" in out
+    program.cli("tick")
+    program.cli("tick")
+    subjects = [m.message["Subject"] for m in program.sink.messages]
+    assert subjects.count("Good news about mia@example.com") == 1
+    _, out = program.cli("report", "--format", "json")
+    assert '"converted": 1' in out
+
+
+def test_contact_reenters_after_ninety_days(program: Project) -> None:
+    contacts(program, ANA)
+    program.cli("tick")
+    program.clock.advance(timedelta(days=3))
+    program.cli("tick")
+    assert len(program.sink.messages) == 2
+    program.clock.advance(timedelta(days=80))
+    program.cli("tick")
+    assert len(program.sink.messages) == 2
+    program.clock.advance(timedelta(days=10))  # 93 days after the first ask
+    program.clock.set(program.clock.now() + timedelta(days=(7 - program.clock.now().weekday()) % 7))
+    program.cli("tick")
+    assert len(program.sink.messages) == 3
+
+
+def test_send_window_in_the_contacts_time_zone(program: Project) -> None:
+    # 10:00 UTC is 17:00 in Jakarta: outside 09:00-17:00 there, so the ask waits for Tuesday 09:00.
+    contacts(program, "budi@example.com,Budi,S,Kopi,Asia/Jakarta,9,2026-01-01,2025-01-01,,id,customer")
+    program.cli("tick")
+    assert sent_to(program) == []
+    program.clock.set(program.clock.now().replace(day=3, hour=1, minute=59))
+    program.cli("tick")
+    assert sent_to(program) == []
+    program.clock.set(program.clock.now().replace(hour=2, minute=0))  # 09:00 WIB
+    program.cli("tick")
+    assert sent_to(program) == ["budi@example.com"]
+
+
+def test_missing_variable_holds_back_that_one_email(program: Project) -> None:
+    nameless = "sam@example.com,,Kowalski,Print,UTC,10,2026-01-01,2025-01-01,,en,customer"
+    contacts(program, nameless, ANA)
+    code, out = program.cli("tick")
+    assert sent_to(program) == ["ana@example.com"]
+    assert "first_name" in out
+    assert count(program, Message, Message.status == "render_failed") == 1
+    _, out = program.cli("explain", "--contact", "sam@example.com")
+    assert "held" in out and "first_name" in out
+
+
+def test_locale_variant_is_chosen(program: Project) -> None:
+    contacts(program, "layla@example.com,Layla,H,Dental,UTC,9,2026-01-01,2025-01-01,,ar,customer")
+    program.cli("tick")
+    html = program.sink.messages[0].message.get_body(("html",)).get_content()
+    assert "مرحبا Layla" in html and 'dir="rtl"' in html
+
+
+def test_hard_bounce_suppresses_the_address(program: Project) -> None:
+    program.sink.rcpt_responses["ana@example.com"] = "550 5.1.1 <ana@example.com>: user unknown"
+    contacts(program, ANA)
+    code, out = program.cli("tick")
+    assert count(program, Suppression, Suppression.email == "ana@example.com") == 1
+    assert count(program, Message, Message.status == "failed") == 1
+    program.clock.advance(timedelta(days=100))
+    program.cli("tick")
+    assert count(program, Message) == 1  # never planned again
+    _, out = program.cli("explain", "--contact", "ana@example.com")
+    assert "suppress" in out
+
+
+def test_temporary_failure_retries_with_backoff_and_same_message_id(program: Project) -> None:
+    program.sink.rcpt_responses["ana@example.com"] = "451 4.3.0 Try again in 120 seconds"
+    contacts(program, ANA)
+    program.cli("tick")
+    assert count(program, Message, Message.status == "queued", Message.attempts == 1) == 1
+    engine = program.engine()
+    with engine.db.session() as s:
+        first = s.scalars(select(Message)).one()
+    engine.close()
+    assert first.due_at >= program.clock.now() + timedelta(seconds=120)
+    program.sink.rcpt_responses.clear()
+    program.cli("tick")  # not due yet
+    assert program.sink.messages == []
+    program.clock.advance(timedelta(minutes=5))
+    program.cli("tick")
+    assert sent_to(program) == ["ana@example.com"]
+    assert program.sink.messages[0].message["Message-ID"] == first.message_id
+
+
+def test_policy_rejection_pauses_sending_and_keeps_the_contact(program: Project) -> None:
+    program.sink.rcpt_responses["ana@example.com"] = "550 5.7.1 Message rejected: sender blocked"
+    contacts(program, ANA, "bo@example.com,Bo,B,Bo Co,UTC,10,2026-01-01,2025-01-01,,en,customer")
+    code, out = program.cli("tick")
+    assert "paused" in out
+    assert count(program, Suppression) == 0
+    assert count(program, Alert) == 1
+    assert count(program, Message, Message.status == "queued") == 2
+    program.sink.rcpt_responses.clear()
+    program.cli("tick")
+    assert program.sink.messages == []  # still paused
+    program.clock.advance(timedelta(hours=2))
+    program.cli("tick")
+    assert sorted(sent_to(program)) == ["ana@example.com", "bo@example.com"]
+
+
+def test_unsubscribed_contact_is_never_sent_to(program: Project) -> None:
+    contacts(program, ANA)
+    program.cli("tick")
+    engine = program.engine()
+    from engine.planner import record_event
+
+    with engine.db.session() as s, s.begin():
+        message = s.scalars(select(Message)).one()
+        record_event(s, "unsubscribed", program.clock.now(), contact_id=message.contact_id,
+                     message=message)
+        from engine.store.models import Contact
+
+        s.get(Contact, message.contact_id).unsubscribed_at = program.clock.now()
+    engine.close()
+    program.clock.advance(timedelta(days=200))
+    program.cli("tick")
+    assert len(program.sink.messages) == 1
+
+
+def test_import_reports_bad_rows_and_keeps_the_rest(program: Project) -> None:
+    path = program.contacts(
+        "email,first_name,nps_score,customer_since,timezone\n"
+        "ok@example.com,Ok,9,2025-01-01,UTC\n"
+        ",NoEmail,9,2025-01-01,UTC\n"
+        "bad-date@example.com,Bad,9,01/02/2025,UTC\n"
+        "\"crlf@example.com\",\"Evil\r\nBcc: x@evil.example\",9,2025-01-01,UTC\n"
+        "score@example.com,Score,11,2025-01-01,UTC\n"
+        "tz@example.com,Tz,9,2025-01-01,Mars/Olympus\n"
+    )
+    code, out = program.cli("contacts", "import", str(path))
+    assert code == 1
+    assert "1 created" in out and "5 rejected" in out
+    assert "row 3: email: missing" in out
+    assert "row 4: customer_since" in out
+    assert "first_name: contains a line break" in out
+    assert "nps_score" in out and "timezone" in out
+    code, out = program.cli("contacts", "import", str(path))
+    assert "0 created" in out and "1 unchanged" in out
+
+
+def test_simulate_shows_the_timeline_and_sends_nothing(program: Project) -> None:
+    contacts(program, ANA, NEW)
+    code, out = program.cli("simulate", "ask", "--days", "40")
+    assert code == 0, out
+    assert "ana@example.com" in out and "new@example.com" in out
+    assert "reminder" in out
+    assert program.sink.messages == []
+    assert count(program, Message) == 0
+
+
+def test_preview_renders_one_step(program: Project, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    contacts(program, ANA)
+    out_file = tmp_path / "ask.eml"
+    code, out = program.cli("preview", "ask", "ask", "--contact", "ana@example.com",
+                            "--out", str(out_file))
+    assert code == 0, out
+    assert "Ana, who could you introduce?" in out
+    assert out_file.read_bytes().startswith(b"")
+    assert b"List-Unsubscribe" in out_file.read_bytes()
+    assert program.sink.messages == []
