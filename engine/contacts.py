@@ -163,7 +163,7 @@ def _upsert(
 ) -> None:
     if not rows:
         return
-    with db.session() as session, session.begin():
+    with db.write() as session:
         existing = {
             c.email: c
             for c in session.scalars(
@@ -218,7 +218,7 @@ def record_nps_answer(db: Database, email: str, score: int, now: datetime, *, so
     """A survey answer: latest wins; the planner routes on the ``nps.answered`` event."""
     if not 0 <= score <= 10:
         raise ImportRowError(f"nps_score: {score} is not from 0 to 10")
-    with db.session() as session, session.begin():
+    with db.write() as session:
         contact = session.scalar(select(Contact).where(Contact.email == email.lower()))
         if contact is None:
             raise LookupError(f"no contact {email}")

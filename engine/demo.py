@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import email
 import email.policy
+import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ class Moment:
 
 
 def _reply(engine: Engine, now: datetime, who: str) -> None:
-    with engine.db.session() as session, session.begin():
+    with engine.db.write() as session:
         contact = session.scalar(select(Contact).where(Contact.email == who))
         message = (
             session.scalar(
@@ -116,7 +117,9 @@ def demo_settings(folder: Path, smtp_port: int) -> Settings:
         paths=dataclasses.replace(
             base.paths, sequences=str(ROOT / "sequences"), templates=str(ROOT / "templates")
         ),
-        schedule=dataclasses.replace(base.schedule, tick_seconds=0.0),
+        # Simulated seconds fly by: a lease or retry measured in minutes would expire
+        # between two real milliseconds, so both are scaled to the accelerated clock.
+        schedule=dataclasses.replace(base.schedule, tick_seconds=0.0, lease_seconds=7 * 86400),
         base_dir=folder,
     )
 
@@ -126,6 +129,8 @@ def run_demo(folder: Path, *, weeks: int, speed: float, console: Console) -> int
 
 
 async def _demo(folder: Path, weeks: int, speed: float, console: Console) -> int:
+    # The demo narrates every decision itself; the engine's warnings would repeat them.
+    logging.getLogger("engine").setLevel(logging.ERROR)
     if folder.exists():
         shutil.rmtree(folder)
     mail = folder / "mail"

@@ -7,7 +7,7 @@ binascii's C encoders. Every header value passes through ``clean_header_text`` o
 Output: multipart/alternative (text/plain, then text/html), UTF-8 bodies in quoted-printable
 (base64 when the text is mostly non-ASCII), CRLF line endings, header lines folded to <= 78
 characters where the content allows (never above 998), RFC 2047 encoded-words for non-ASCII
-display names and subjects.
+display names and subjects (a display name stays one token: see ``_address_header``).
 """
 
 from __future__ import annotations
@@ -267,12 +267,12 @@ def _address_header(name: str, display: str, address: str) -> str:
     if not display:
         return prefix + address
     if _needs_encoding(display):
-        phrase = _encoded_words(display, MAX_LINE - 1)
+        phrase = _encoded_words(display, MAX_LINE - 1, MAX_LINE - 1)
     elif _ATOMS_RE.fullmatch(display):
         phrase = display
     else:
         phrase = _quote(display)
-    if len(phrase) > MAX_LINE - 1:  # a single token would overflow even a line of its own
+    if len(phrase) > MAX_LINE - 1:  # a quoted-string too long even for a line of its own
         phrase = _encoded_words(display, MAX_LINE - 1, MAX_LINE - 1)
     if len(prefix) + len(phrase) > HEADER_LINE:
         prefix = f"{name}:\r\n "

@@ -56,10 +56,12 @@ class PlanStats:
         return self
 
 
-def insert_ignore(db: Database, model: type, values: dict[str, Any] | list[dict[str, Any]]) -> Any:
-    """An INSERT that does nothing when a unique key already exists (idempotent writes)."""
+def insert_ignore(session: Session, db: Database, model: Any, values: dict[str, Any]) -> bool:
+    """INSERT one row unless a unique key already has it (idempotent writes); True if new."""
     dialect = postgresql if db.is_postgres else sqlite
-    return dialect.insert(model).values(values).on_conflict_do_nothing()
+    stmt = dialect.insert(model).values(values).on_conflict_do_nothing().returning(model.id)
+    # RETURNING, not rowcount: drivers disagree on rowcount for ON CONFLICT DO NOTHING.
+    return session.execute(stmt).first() is not None
 
 
 def lock_rows(db: Database, stmt: Select[Any]) -> Select[Any]:
@@ -106,7 +108,7 @@ class Planner:
 
     def _batch(self, work: Any) -> PlanStats:
         stats = PlanStats()
-        with self.db.session() as session, session.begin():
+        with self.db.write() as session:
             work(session, self.clock.now(), stats)
         return stats
 
@@ -222,25 +224,24 @@ class Planner:
         now: datetime,
         event_id: int | None,
     ) -> int:
-        result = session.execute(
-            insert_ignore(
-                self.db,
-                Enrollment,
-                {
-                    "contact_id": contact_id,
-                    "sequence_id": sequence_id,
-                    "key": key,
-                    "status": "active",
-                    "position": 0,
-                    "next_at": now,
-                    "trigger_event_id": event_id,
-                    "started_at": now,
-                },
-            )
+        created = insert_ignore(
+            session,
+            self.db,
+            Enrollment,
+            {
+                "contact_id": contact_id,
+                "sequence_id": sequence_id,
+                "key": key,
+                "status": "active",
+                "position": 0,
+                "next_at": now,
+                "trigger_event_id": event_id,
+                "started_at": now,
+            },
         )
-        if result.rowcount:
+        if created:
             log.info("enrolled contact=%s sequence=%s key=%s", contact_id, sequence_id, key)
-        return result.rowcount or 0
+        return int(created)
 
     def end_enrollment(
         self, session: Session, enrollment: Enrollment, status: str, reason: str, now: datetime
@@ -384,8 +385,9 @@ class Planner:
         if step.reply_to_previous and (parent := messages.get(step.reply_to_previous)):
             in_reply_to = parent.message_id
             references = " ".join(filter(None, [parent.references, parent.message_id]))
-        result = session.execute(
+        return int(
             insert_ignore(
+                session,
                 self.db,
                 Message,
                 {
@@ -405,7 +407,6 @@ class Planner:
                 },
             )
         )
-        return result.rowcount or 0
 
 
 def record_event(

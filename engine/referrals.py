@@ -50,7 +50,7 @@ def add_referral(
     friend = _address(friend_email, "--email")
     if referrer_addr == friend:
         raise ReferralError("--email: a contact cannot refer themselves")
-    with db.session() as session, session.begin():
+    with db.write() as session:
         referrer = session.scalar(select(Contact).where(Contact.email == referrer_addr))
         if referrer is None:
             raise ReferralError(f"--referrer: no contact {referrer_addr}; import them first")
@@ -96,7 +96,7 @@ def convert_referral(
 ) -> ReferralOutcome:
     """Mark the referred person as a customer; the earliest referrer gets the credit."""
     friend = _address(friend_email, "--email")
-    with db.session() as session, session.begin():
+    with db.write() as session:
         referral = session.scalar(
             select(Referral)
             .where(Referral.friend_email == friend)

@@ -14,8 +14,9 @@ Compile (once per template file, cached by path + mtime + size, and the files it
    (paragraphs, "text (url)" links), also a Jinja template.
 
 Render (per recipient) is Jinja only: HTML (autoescaped) and text and subject (not escaped),
-then one regex pass that points http(s) links at the click tracker, then the footer (postal
-address, unsubscribe link in the contact's language) and the open pixel are appended.
+then one pass that points http(s) ``<a href>`` links (and bare URLs in the text) at the click
+tracker, then the footer (postal address, unsubscribe link in the contact's language) and the
+open pixel are appended.
 
 Runaway templates are stopped without threads: the sandbox refuses private attributes, every
 call, ``for`` loop and ``range`` checks a per-render deadline, operators and string methods
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from functools import wraps
 from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
+from types import MethodType
 from typing import Any, NamedTuple
 
 import mjml
@@ -59,7 +61,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.nodes import EvalContext
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from jinja2.utils import Cycler, Joiner, Namespace
+from jinja2.utils import Cycler, Joiner, Namespace, missing
 
 from engine.errors import RenderTimeout, TemplateError
 from engine.settings import SenderSettings
@@ -228,6 +230,7 @@ _AMPLIFYING_FILTERS = (
 )
 _WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
 _GUARD_FILTER = "_engine_guard"
+_JINJA_KWARGS = frozenset({"_loop_vars", "_block_vars"})
 
 
 class _GuardedCodeGenerator(CodeGenerator):
@@ -295,8 +298,22 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             _check_percent(left, right)
         return _capped(self.binop_table[operator](left, right))
 
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # Fast paths for what templates read most: contact data (a dict key is data, never a
+        # method) and ``links``; everything else takes the sandbox's checks.
+        if type(obj) is dict:
+            value = obj.get(attribute, missing)
+            if value is not missing:
+                return value
+        elif type(obj) is TemplateLinks and not attribute.startswith("_"):
+            return getattr(obj, attribute)
+        return super().getattr(obj, attribute)
+
     def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         _tick()
+        if type(obj) is MethodType and type(obj.__self__) is TemplateLinks:
+            # Jinja adds _loop_vars / _block_vars for its own callables: not for ours.
+            return obj(*args, **{k: v for k, v in kwargs.items() if k not in _JINJA_KWARGS})
         target = getattr(obj, "__wrapped__", obj)  # str.format comes wrapped by the sandbox
         owner = getattr(target, "__self__", None)
         if isinstance(owner, str):
@@ -315,15 +332,18 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return _capped(super().call(context, obj, *args, **kwargs))
 
 
-def _render_part(template: Template, variables: Mapping[str, Any]) -> str:
+def _render_part(template: Template, variables: dict[str, Any]) -> str:
     """Render with the output cap (the deadline is set by the caller)."""
     parts: list[str] = []
     size = 0
-    for chunk in template.generate(variables):
-        size += len(chunk)
-        if size > MAX_OUTPUT_CHARS:
-            raise _too_big("the rendered output")
-        parts.append(chunk)
+    try:
+        for chunk in template.root_render_func(template.new_context(variables)):
+            size += len(chunk)
+            if size > MAX_OUTPUT_CHARS:
+                raise _too_big("the rendered output")
+            parts.append(chunk)
+    except Exception:
+        template.environment.handle_exception()  # re-raises, traceback in template lines
     return "".join(parts)
 
 
@@ -537,7 +557,7 @@ class _Spot(NamedTuple):
 
     start: int
     end: int
-    index: int
+    tag: int  # index of the _Tag behind the placeholder
     where: str  # wrap | bare | content | attribute | markup
     element: str
     attribute: str
@@ -711,8 +731,10 @@ def html_to_text(markup: str) -> str:
 
 # --- click tracking -------------------------------------------------------------------------
 
-# Case-sensitive with a literal prefix: fast. Compile time lower-cases HREF= in templates.
-_HREF = re.compile(r"""href(\s*=\s*)(?:"\s*(https?://[^"]*?)\s*"|'\s*(https?://[^']*?)\s*')""")
+# An http(s) href inside one <a ...> tag (never <link> stylesheets); the URL is group 1 or 2.
+_HREF = re.compile(r"""href\s*=\s*(?:"\s*(https?://[^"]*?)\s*"|'\s*(https?://[^']*?)\s*')""")
+_SPACES = frozenset(" \t\r\n\f")
+_LINK_TAG_ANY_CASE = re.compile(r"<(a)(?=[\s>])[^>]*>", re.I)
 _HREF_ANY_CASE = re.compile(r"(?<![\w-])href(?=\s*=)", re.I)
 _TEXT_URL = re.compile(r"""https?://[^\s<>"'()\[\]{}]+""")
 _TRAILING_PUNCT = ".,;:!?"
@@ -859,6 +881,12 @@ def _set_root_attrs(markup: str, lang: str, direction: str) -> str:
     return _EMAIL_DIV.sub(fix, markup, count=1)
 
 
+def _lower_link_tag(m: re.Match[str]) -> str:
+    """``<A HREF=...>`` -> ``<a href=...>``, so the per-recipient pass can be case-sensitive."""
+    tag = m.group()
+    return "<" + m.group(1).lower() + _HREF_ANY_CASE.sub("href", tag[1 + len(m.group(1)) :])
+
+
 def _mirror(markup: str) -> str:
     """The right-to-left version of MJML's output: columns and text start on the right."""
     markup = markup.replace("direction:ltr", "direction:rtl")
@@ -867,7 +895,13 @@ def _mirror(markup: str) -> str:
 
 
 class Renderer:
-    """Renders MJML + Jinja templates from ``templates_dir`` for one recipient at a time."""
+    """Renders MJML + Jinja templates from ``templates_dir`` for one recipient at a time.
+
+    ``links`` builds every tracking URL (also exposed as ``renderer.links``); ``sender`` fills
+    ``sender`` in templates and the footer's postal address; ``render_timeout`` is the time
+    budget in seconds of one ``render`` call (a runaway template raises RenderTimeout).
+    Thread-safe: compiles are serialised, renders share nothing mutable.
+    """
 
     def __init__(
         self,
@@ -935,7 +969,8 @@ class Renderer:
         return found
 
     def _locate(self, template: str, locale: str | None) -> tuple[Path, tuple[int, int]]:
-        candidates = self._lookup(template, normalize_locale(locale))
+        """The file (and its cache key) for an already normalized ``locale``."""
+        candidates = self._lookup(template, locale)
         for path in candidates:
             key = _file_key(path)
             if key is not None:
@@ -945,7 +980,7 @@ class Renderer:
 
     def resolve(self, template: str, locale: str | None) -> Path:
         """The file for ``locale``: ``x.pt-BR.mjml``, then ``x.pt.mjml``, then ``x.mjml``."""
-        return self._locate(template, locale)[0]
+        return self._locate(template, normalize_locale(locale))[0]
 
     # -- compiling
 
@@ -1001,9 +1036,9 @@ class Renderer:
             else:
                 problem(where, line, 1, f"included template {exc.name!r} not found")
             return
-        except Exception as exc:  # a dynamic include name, an include loop ...
+        except Exception as exc:  # a dynamic include name, an include loop, bad encoding ...
             where, line = _template_location(exc, loader.files)
-            problem(where, line, 1, f"extends / include / block must use fixed names: {exc}")
+            problem(where, line, 1, f"include / extends failed (names must be fixed): {exc}")
             return
         finally:
             _DEADLINE.reset(token)
@@ -1029,20 +1064,20 @@ class Renderer:
                 pos = spot.end
             elif spot.where == "markup":
                 at(
-                    spot.index,
+                    spot.tag,
                     f"a Jinja tag inside the <{spot.element}> tag must be an attribute value",
                 )
             elif spot.where == "attribute" and (
                 spot.attribute in _LAYOUT_ATTRS or spot.attribute.startswith("padding")
             ):
                 at(
-                    spot.index,
+                    spot.tag,
                     f'Jinja in the layout attribute {spot.attribute}="..." of <{spot.element}>: '
                     "MJML computes the layout once, so a per-recipient value is dropped or "
                     "ignored; use a fixed value",
                     fatal=False,
                 )
-                explained.add(spot.index)
+                explained.add(spot.tag)
         pieces.append(flat[pos:])
         if c.error:
             return
@@ -1060,7 +1095,7 @@ class Renderer:
                 self._mjml_error(str(exc), source, tags, problem)
             return
         for unknown in sorted(set(re.findall(r"<(mj-[a-z-]+)", compiled_html))):
-            where, line, col = self._find(loader, f"<{unknown}")
+            where, line, col = self._find(loader, re.compile(f"<{unknown}(?![\\w-])"))
             problem(where, line, col, f"unknown MJML element <{unknown}>")
         emitted = {int(m.group(1)) for m in self._placeholder_re.finditer(flat)}
         counts: dict[int, int] = {}
@@ -1085,7 +1120,7 @@ class Renderer:
             return
 
         # 4. back to Jinja: one template per direction, plus the text part
-        compiled_html = _HREF_ANY_CASE.sub("href", compiled_html)
+        compiled_html = _LINK_TAG_ANY_CASE.sub(_lower_link_tag, compiled_html)
         lang_ph = self._placeholder.format(len(tags))
         restore = _Restorer([*tags, _Tag("{{ lang }}", main, 0, 0, False)], self._placeholder_re)
         try:
@@ -1148,12 +1183,12 @@ class Renderer:
         return env.template_class.from_code(env, code, env.make_globals(None))
 
     @staticmethod
-    def _find(loader: _ProtectingLoader, needle: str) -> tuple[str, int, int]:
+    def _find(loader: _ProtectingLoader, needle: re.Pattern[str]) -> tuple[str, int, int]:
         """The first place ``needle`` is written in the template or its partials."""
         for record in loader.files.values():
-            pos = record.source.find(needle)
-            if pos >= 0:
-                return (record.path, *_line_col(record.source, pos))
+            m = needle.search(record.source)
+            if m is not None:
+                return (record.path, *_line_col(record.source, m.start()))
         return next(iter(loader.files)), 1, 1
 
     @staticmethod
@@ -1189,11 +1224,11 @@ class Renderer:
         ``context`` holds contact, sequence, step, referral, reward; the renderer adds sender,
         links, lang and dir. ``ref`` is the message's random public id (tracking tokens).
         """
-        path, key = self._locate(template, locale)
+        norm = normalize_locale(locale)
+        path, key = self._locate(template, norm)
         compiled = self._get(path, key)
         if compiled.error is not None:
             raise TemplateError(str(compiled.error))
-        norm = normalize_locale(locale)
         lang = norm.split("-", 1)[0] if norm else DEFAULT_LANG
         direction = text_direction(lang)
         contact = context.get("contact")
@@ -1229,19 +1264,19 @@ class Renderer:
         finally:
             _DEADLINE.reset(token)
         unsubscribe = links.unsubscribe
-        html_footer, text_question, text_label = self._footer(lang)
+        before_link, after_link, text_footer = self._footer(lang)
         clicks: dict[str, str] = {}  # the same URL in HTML and text: one token
         html = self._track_html(html, ref, clicks)
         cut = html.rfind("</body>")
         if cut < 0:
             cut = len(html)
         tail = (
-            html_footer.replace("{unsubscribe}", htmllib.escape(unsubscribe), 1)
-            + f'<img src="{htmllib.escape(self.links.open(ref))}" width="1" height="1" alt="" '
+            f"{before_link}{htmllib.escape(unsubscribe)}{after_link}"
+            f'<img src="{htmllib.escape(self.links.open(ref))}" width="1" height="1" alt="" '
             'style="display:block;border:0">'
         )
         text = _BLANK_LINES.sub("\n\n", self._track_text(text, ref, clicks)).strip()
-        text += f"\n\n-- \n{self._postal}\n{text_question} {text_label}: {unsubscribe}\n"
+        text += f"{text_footer}{unsubscribe}\n"
         return Rendered(" ".join(subject_text.split()), html[:cut] + tail + html[cut:], text)
 
     def _rtl(self, compiled: _Compiled) -> Template:
@@ -1263,21 +1298,22 @@ class Renderer:
         return found
 
     def _footer(self, lang: str) -> tuple[str, str, str]:
-        """Footer HTML (with an ``{unsubscribe}`` slot) and text, in ``lang`` or English."""
+        """The footer in ``lang`` (else English): HTML before and after the unsubscribe URL,
+        and the text footer up to that URL."""
         found = self._footers.get(lang)
         if found is None:
-            question, label = FOOTER_TEXT.get(lang, FOOTER_TEXT[DEFAULT_LANG])
             code = lang if lang in FOOTER_TEXT else DEFAULT_LANG
+            question, label = FOOTER_TEXT[code]
             e = htmllib.escape
-            markup = (
+            before = (
                 f'<div lang="{code}" dir="{text_direction(code)}" style="margin:0 auto;'
                 "max-width:600px;padding:16px 25px 24px;font-family:Arial,Helvetica,sans-serif;"
                 'font-size:12px;line-height:18px;color:#6b7280;text-align:center;">'
                 f'<p style="margin:0 0 6px;">{e(self._postal)}</p>'
-                f'<p style="margin:0;">{e(question)} <a href="{{unsubscribe}}" '
-                f'style="color:#6b7280;text-decoration:underline;">{e(label)}</a></p></div>'
+                f'<p style="margin:0;">{e(question)} <a href="'
             )
-            found = (markup, question, label)
+            after = f'" style="color:#6b7280;text-decoration:underline;">{e(label)}</a></p></div>'
+            found = (before, after, f"\n\n-- \n{self._postal}\n{question} {label}: ")
             self._footers[lang] = found
         return found
 
@@ -1288,21 +1324,37 @@ class Renderer:
         return tracked
 
     def _track_html(self, markup: str, ref: bytes, clicks: dict[str, str]) -> str:
-        """Every http(s) href not already ours goes through the click tracker (one pass)."""
-        links = self.links
+        """Every http(s) ``<a href>`` not already ours goes through the click tracker.
 
-        def swap(m: re.Match[str]) -> str:
-            before = markup[m.start() - 1] if m.start() else " "
-            if before.isalnum() or before in "-_":  # data-href= and the like
-                return m.group()
-            url = m.group(2) if m.group(2) is not None else m.group(3)
-            if "&" in url:
-                url = htmllib.unescape(url)
-            if links.is_tracking(url):
-                return m.group()
-            return f'href{m.group(1)}"{htmllib.escape(self._click(ref, url, clicks))}"'
-
-        return _HREF.sub(swap, markup)
+        One pass with str.find from one ``<a`` to the next (much faster than a regex over the
+        whole document); templates' ``<A HREF`` are lower-cased at compile time.
+        """
+        out: list[str] = []
+        pos = 0
+        find = markup.find
+        while (start := find("<a", pos)) >= 0:
+            end = find(">", start)
+            if end < 0:
+                break
+            m = (
+                _HREF.search(markup, start, end)
+                if markup[start + 2 : start + 3] in _SPACES
+                else None
+            )
+            while m is not None and markup[m.start() - 1] not in _SPACES:  # data-href= ...
+                m = _HREF.search(markup, m.end(), end)
+            if m is not None:
+                value = m.group(1) if m.group(1) is not None else m.group(2)
+                url = htmllib.unescape(value) if "&" in value else value
+                if not self.links.is_tracking(url):
+                    group = 1 if m.group(1) is not None else 2
+                    tracked = htmllib.escape(self._click(ref, url, clicks))
+                    out += (markup[pos : m.start(group)], tracked)
+                    pos = m.end(group)
+            out.append(markup[pos : end + 1])
+            pos = end + 1
+        out.append(markup[pos:])
+        return "".join(out)
 
     def _track_text(self, text: str, ref: bytes, clicks: dict[str, str]) -> str:
         """Bare http(s) URLs in the text part go through the click tracker too."""

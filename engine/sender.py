@@ -144,7 +144,7 @@ class Sender:
             .returning(Message.id, Message.fence)
             .execution_options(synchronize_session=False)
         )
-        with self.db.session() as session, session.begin():
+        with self.db.write() as session:
             if active_pause(session, now) is not None:
                 return []
             rows = session.execute(stmt).all()
@@ -154,7 +154,7 @@ class Sender:
         """Give rows back unsent (shutdown, pause); they keep their Message-ID and attempts-1."""
         if not claimed:
             return
-        with self.db.session() as session, session.begin():
+        with self.db.write() as session:
             for c in claimed:
                 session.execute(
                     update(Message)
@@ -227,7 +227,7 @@ class Sender:
 
     async def _record_sent(self, c: Claimed, stats: SendStats) -> None:
         now = self.clock.now()
-        with self.db.session() as session, session.begin():
+        with self.db.write() as session:
             done = session.execute(
                 update(Message)
                 .where(Message.id == c.id, Message.fence == c.fence, Message.status == "sending")
@@ -254,7 +254,7 @@ class Sender:
     def _still_mine(self, c: Claimed) -> bool:
         """Fencing check right before SMTP: extend the lease only if nobody re-claimed the row."""
         now = self.clock.now()
-        with self.db.session() as session, session.begin():
+        with self.db.write() as session:
             return bool(
                 session.execute(
                     update(Message)
@@ -343,7 +343,7 @@ class Sender:
         except ValueError as exc:  # an address that cannot be sent to safely
             self._hold(c, f"invalid message: {exc}", stats, status="failed")
             return None
-        with self.db.session() as session, session.begin():
+        with self.db.write() as session:
             session.execute(update(Message).where(Message.id == c.id).values(subject=subject))
         return contact.email, data
 
@@ -363,7 +363,7 @@ class Sender:
     ) -> None:
         """Keep this email back with its reason; the enrollment waits for a person."""
         log.warning("email_held message=%s reason=%s", c.id, reason)
-        with self.db.session() as session, session.begin():
+        with self.db.write() as session:
             if not self._finish(session, c, status=status, last_error=reason):
                 return
             session.execute(
@@ -384,7 +384,7 @@ class Sender:
     def _retry(self, c: Claimed, exc: TemporaryFailure, stats: SendStats) -> None:
         now = self.clock.now()
         smtp = self.settings.smtp
-        with self.db.session() as session, session.begin():
+        with self.db.write() as session:
             attempts = session.scalar(select(Message.attempts).where(Message.id == c.id)) or 1
             if attempts >= smtp.max_attempts:
                 reason = f"gave up after {attempts} attempts: {exc}"
@@ -406,7 +406,7 @@ class Sender:
 
     def _fail(self, c: Claimed, exc: PermanentFailure, stats: SendStats) -> None:
         now = self.clock.now()
-        with self.db.session() as session, session.begin():
+        with self.db.write() as session:
             if not self._finish(session, c, status="failed", last_error=str(exc)):
                 return
             message = session.get(Message, c.id)
@@ -453,7 +453,7 @@ class Sender:
         """The server refuses *us*: stop sending for a while and tell a person; keep the contact."""
         now = self.clock.now()
         until = now + timedelta(seconds=self.settings.smtp.policy_pause_seconds)
-        with self.db.session() as session, session.begin():
+        with self.db.write() as session:
             self._finish(
                 session, c, status="queued", last_error=str(exc), attempts=Message.attempts - 1
             )

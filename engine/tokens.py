@@ -49,8 +49,10 @@ FORM_KINDS: dict[str, str] = {
 _KIND_NAMES = {code: name for name, code in KINDS.items()}
 _NEEDS_URL = frozenset({"click"})
 _NEEDS_VALUE = frozenset({"nps"})
+_NEEDS = {"click": "a url", "nps": "a value"}
 _HAS_VALUE = 0x40
 _HAS_URL = 0x80
+_FLAGS = {"click": _HAS_URL, "nps": _HAS_VALUE}
 _CODE_MASK = 0x3F
 _MAX_VALUE = 1 << 63
 
@@ -109,7 +111,11 @@ class Signer:
             if s:
                 self._macs[key_id(s)] = hmac.new(s.encode("utf-8"), digestmod=hashlib.sha256)
         self._mac = self._macs[self._key_id]
-        self._prefix = bytes((VERSION,)) + self._key_id
+        # version | key id | kind byte, per kind: the hot path only appends ref, value and url.
+        self._heads = {
+            kind: bytes((VERSION,)) + self._key_id + bytes((code | _FLAGS.get(kind, 0),))
+            for kind, code in KINDS.items()
+        }
 
     def sign(
         self, kind: str, ref: bytes, *, url: str | None = None, value: int | None = None
@@ -118,33 +124,24 @@ class Signer:
 
         ``click`` needs ``url``, ``nps`` needs ``value``; other kinds take neither.
         """
-        code = KINDS.get(kind)
-        if code is None:
+        head = self._heads.get(kind)
+        if head is None:
             raise ValueError(f"unknown token kind {kind!r}")
-        if (url is not None) != (kind in _NEEDS_URL):
-            raise ValueError(
-                f"a {kind!r} token {'needs' if kind in _NEEDS_URL else 'takes no'} url"
-            )
-        if (value is not None) != (kind in _NEEDS_VALUE):
-            raise ValueError(
-                f"a {kind!r} token {'needs' if kind in _NEEDS_VALUE else 'takes no'} value"
-            )
+        if (url is None) == (kind in _NEEDS_URL) or (value is None) == (kind in _NEEDS_VALUE):
+            needs = _NEEDS.get(kind, "neither url nor value")
+            raise ValueError(f"{kind!r} tokens take {needs}")
         if not 0 < len(ref) <= MAX_REF_SIZE:
             raise ValueError(f"ref must be 1..{MAX_REF_SIZE} bytes")
-        flags = code
-        tail = b""
+        payload = head + bytes((len(ref),)) + ref
         if value is not None:
             if not -_MAX_VALUE <= value < _MAX_VALUE:
                 raise ValueError("value out of the 64-bit range")
-            flags |= _HAS_VALUE
-            tail = _zigzag(value)
+            payload += _zigzag(value)
         if url is not None:
             encoded = url.encode("utf-8")
             if len(encoded) > MAX_URL_BYTES:
                 raise ValueError(f"url longer than {MAX_URL_BYTES} bytes")
-            flags |= _HAS_URL
-            tail += encoded
-        payload = self._prefix + bytes((flags, len(ref))) + ref + tail
+            payload += encoded
         mac = self._mac.copy()
         mac.update(payload)
         return _b64(payload + mac.digest()[:MAC_SIZE])

@@ -192,7 +192,7 @@ class SmtpTransport:
         await self.close()
 
     async def send(self, sender: str, recipient: str, data: bytes) -> None:
-        """Deliver ``data`` from ``sender`` to ``recipient``, or raise a classified TransportError."""
+        """Deliver ``data`` from ``sender`` to ``recipient``; raise a classified TransportError."""
         try:
             sender = check_address(sender)
         except ValueError as exc:

@@ -3,7 +3,8 @@
 ``SmtpSink`` records every accepted message and can be told to fail in the ways real servers
 do: per-recipient or per-sender replies, a one-off DATA reply, a dropped connection, slow
 replies, required login, STARTTLS or implicit TLS. Fixtures: ``smtp_sink`` (a started sink),
-``smtp_sink_factory`` (sinks with options) and ``tls_certificate`` (a throw-away CA).
+``smtp_sink_factory`` (sinks with options) and ``tls_certificate`` (a throw-away CA); use
+``pytest_plugins = ["tests.smtp_server"]`` in the root conftest to offer them everywhere.
 """
 
 from __future__ import annotations
@@ -69,7 +70,12 @@ class _Handler:
         self.sink = sink
 
     async def handle_MAIL(
-        self, server: _Session, session: Session, envelope: Envelope, address: str, options: list[str]
+        self,
+        server: _Session,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
     ) -> str:
         sink = self.sink
         with sink._lock:
@@ -84,7 +90,12 @@ class _Handler:
         return "250 OK"
 
     async def handle_RCPT(
-        self, server: _Session, session: Session, envelope: Envelope, address: str, options: list[str]
+        self,
+        server: _Session,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
     ) -> str:
         with self.sink._lock:
             refusal = self.sink.rcpt_responses.get(address.lower())
@@ -102,10 +113,12 @@ class _Handler:
                 await asyncio.sleep(sink.delay_seconds)
             with sink._lock:
                 disconnect, sink._disconnect_on_data_once = sink._disconnect_on_data_once, False
-                response, sink._data_response_once = sink._data_response_once, None
+                response = None
+                if not disconnect:
+                    response, sink._data_response_once = sink._data_response_once, None
             if disconnect:
-                assert server.transport is not None
-                server.transport.abort()  # a dropped connection: the reply below is never sent
+                # A dropped connection: the reply below is never sent.
+                cast(asyncio.Transport, server.transport).abort()
                 return "421 4.4.2 Connection dropped"
             if response:
                 return response
@@ -116,9 +129,7 @@ class _Handler:
                     mail_from=cast(str, envelope.mail_from),
                     rcpt_tos=tuple(envelope.rcpt_tos),
                     data=data,
-                    message=cast(
-                        EmailMessage, email.message_from_bytes(data, policy=email.policy.default)
-                    ),
+                    message=email.message_from_bytes(data, policy=email.policy.default),
                     connection=server.number,
                     login=login if isinstance(login, str) else None,
                     received_at=time.monotonic(),
@@ -256,6 +267,8 @@ class SmtpSink:
             for session in sessions:
                 if session.transport is not None:
                     session.transport.close()
+            while self.open_connections:  # until the sockets are really closed
+                await asyncio.sleep(0)
 
         asyncio.run_coroutine_threadsafe(drop(), self._loop).result(START_TIMEOUT)
 
@@ -333,7 +346,7 @@ class SmtpSink:
             sessions = list(self._sessions)
         for session in sessions:
             if session.transport is not None:
-                session.transport.abort()
+                cast(asyncio.Transport, session.transport).abort()
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
@@ -388,12 +401,12 @@ class SmtpSink:
 
     def _record(self, received: ReceivedMessage) -> None:
         with self._changed:
+            if self.maildir is not None:  # written before anyone waiting hears of it
+                self.maildir.mkdir(parents=True, exist_ok=True)
+                name = f"{len(self._messages) + 1:06d}.eml"
+                (self.maildir / name).write_bytes(received.data)
             self._messages.append(received)
-            number = len(self._messages)
             self._changed.notify_all()
-        if self.maildir is not None:
-            self.maildir.mkdir(parents=True, exist_ok=True)
-            (self.maildir / f"{number:06d}.eml").write_bytes(received.data)
 
 
 @dataclass(frozen=True)
@@ -412,8 +425,11 @@ def smtp_sink() -> Iterator[SmtpSink]:
         yield sink
 
 
-@pytest.fixture
-def smtp_sink_factory() -> Iterator[Callable[..., SmtpSink]]:
+# The fixtures below are named apart from their functions: a test module can import
+# sink_factory_fixture (unused-import warning silenced) and still take a parameter named
+# smtp_sink_factory without shadowing that import.
+@pytest.fixture(name="smtp_sink_factory")
+def sink_factory_fixture() -> Iterator[Callable[..., SmtpSink]]:
     """Start SmtpSinks with options: ``smtp_sink_factory(credentials={"u": "p"})``."""
     sinks: list[SmtpSink] = []
 
@@ -427,15 +443,17 @@ def smtp_sink_factory() -> Iterator[Callable[..., SmtpSink]]:
         sink.stop()
 
 
-@pytest.fixture(scope="session")
-def tls_certificate(tmp_path_factory: pytest.TempPathFactory) -> TlsCertificate:
+@pytest.fixture(name="tls_certificate", scope="session")
+def tls_certificate_fixture(tmp_path_factory: pytest.TempPathFactory) -> TlsCertificate:
     """A throw-away self-signed certificate for 127.0.0.1 (made with the openssl CLI)."""
     directory = tmp_path_factory.mktemp("tls")
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
-        + ["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"]
-        + ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        [
+            *("openssl", "req", "-x509", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"),
+            *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)),
+        ],
         check=True,
         capture_output=True,
     )

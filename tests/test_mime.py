@@ -8,7 +8,7 @@ import email.policy
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -58,7 +58,7 @@ def outgoing(**changes: Any) -> OutgoingEmail:
 
 
 def parse(data: bytes) -> EmailMessage:
-    return cast(EmailMessage, email.message_from_bytes(data, policy=email.policy.default))
+    return email.message_from_bytes(data, policy=email.policy.default)
 
 
 def assert_clean(message: EmailMessage) -> None:
@@ -157,7 +157,6 @@ def test_names_and_subjects_round_trip_through_the_stdlib_parser(name: str, subj
     for header in ("From", "To"):
         (address,) = message[header].addresses
         assert address.display_name == name
-
 
 
 def test_subject_encoded_words_respect_the_rfc_2047_line_limit() -> None:
@@ -285,7 +284,7 @@ def test_date_keeps_its_offset() -> None:
         "Hello Ann,\n\nThanks for being with us.\n\n-- \nAcme\n",
         "line with trailing spaces   \n.leading dot\nFrom the start\n=equals= and\ttab\n",
         "x" * 5000,
-        "<table>" + "<td style=\"padding:0\">cell</td>" * 400 + "</table>",
+        "<table>" + '<td style="padding:0">cell</td>' * 400 + "</table>",
         "مرحبا أحمد،\nشكرا لك على ثقتك بنا.\n" * 20,
         "Halo Siti, terima kasih! 🎉\r\nWindows line\rold Mac line\n",
         "",
@@ -320,7 +319,7 @@ def test_each_message_has_its_own_boundary() -> None:
 
 
 tricky = ["a", "é", " ", '"', "\\", ",", "<", ">", "@", "\r", "\n", "\u2028", "=?", "?=", "\0"]
-header_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200) | st.lists(
+header_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=200) | st.lists(
     st.sampled_from(tricky), max_size=60
 ).map("".join)
 

@@ -92,7 +92,7 @@ def test_kill_9_in_the_middle_of_a_batch_loses_nothing(program: Project) -> None
     assert done.returncode == 0, done.stdout + done.stderr
     # After the lease expires, the rows it held are claimed again.
     later = (program.clock.now() + timedelta(minutes=6)).isoformat()
-    done = subprocess.run([*cmd[:5], later, "tick"], env=env, cwd=ROOT, capture_output=True,
+    done = subprocess.run([*cmd[:6], later, "tick"], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     received = Counter(m.rcpt_tos[0] for m in program.sink.messages)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -15,9 +19,15 @@ from engine.errors import PermanentFailure, PolicyFailure, TemporaryFailure, Tra
 from engine.mime import OutgoingEmail, build_message
 from engine.settings import SmtpSettings
 from engine.transport import SmtpTransport, Transport, classify
-from tests.smtp_server import SmtpSink, TlsCertificate
+from tests.smtp_server import (  # noqa: F401
+    SmtpSink,
+    TlsCertificate,
+    sink_factory_fixture,
+    tls_certificate_fixture,
+)
 
 T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
 SENDER = "team@acme.example"
 
 
@@ -221,7 +231,8 @@ def test_a_slow_server_times_out_as_temporary(smtp_sink: SmtpSink) -> None:
             await transport.send(SENDER, "bob@example.com", message_for("bob@example.com"))
 
     run(scenario())
-    assert [m.rcpt_tos for m in smtp_sink.wait_for(2)][-1] == ("bob@example.com",)
+    # The timed-out message is abandoned with its connection; the next one arrives.
+    assert ("bob@example.com",) in [m.rcpt_tos for m in smtp_sink.wait_for(1)]
 
 
 def test_nothing_listening_is_temporary() -> None:
@@ -249,6 +260,22 @@ def test_no_login_without_a_username(smtp_sink_factory: Any) -> None:
     sink = smtp_sink_factory(credentials={"mailer": "s3cret"})
     with pytest.raises(PolicyFailure, match="530"):  # the server wants a login we never try
         run(send_one(sink.smtp_settings(password="s3cret"), "ann@example.com"))
+
+
+def test_a_pooled_connection_that_went_stale_is_replaced_without_failing(
+    smtp_sink: SmtpSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        async with SmtpTransport(smtp_sink.smtp_settings(connections=1)) as transport:
+            await transport.send(SENDER, "ann@example.com", message_for("ann@example.com"))
+            # Closed while this loop is blocked: the client only finds out at MAIL FROM.
+            smtp_sink.drop_connections()
+            await transport.send(SENDER, "bob@example.com", message_for("bob@example.com"))
+
+    with caplog.at_level("INFO", logger="engine.transport"):
+        run(scenario())
+    assert [m.connection for m in smtp_sink.wait_for(2)] == [1, 2]
+    assert "smtp_stale_connection_replaced" in caplog.text
 
 
 @pytest.mark.parametrize("security", ["starttls", "tls"])
@@ -295,34 +322,99 @@ def test_close_quits_and_a_later_send_reconnects(smtp_sink: SmtpSink) -> None:
     assert smtp_sink.wait_for_open_connections(0)
 
 
+def test_the_sink_can_keep_messages_as_eml_files(smtp_sink_factory: Any, tmp_path: Path) -> None:
+    sink = smtp_sink_factory(maildir=tmp_path / "mail")
+    run(send_one(sink.smtp_settings(), "ann@example.com"))
+    (received,) = sink.wait_for(1)
+    assert [p.name for p in (tmp_path / "mail").iterdir()] == ["000001.eml"]
+    assert (tmp_path / "mail" / "000001.eml").read_bytes() == received.data
+    with pytest.raises(TimeoutError, match="got 1 messages, expected 2"):
+        sink.wait_for(2, timeout=0.01)
+
+
+@pytest.mark.slow
+def test_the_benchmark_sink_counts_what_the_transport_sends() -> None:
+    sink = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "smtp_sink.py"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert sink.stdout is not None
+        port = int(sink.stdout.readline().split()[-1])
+        settings = SmtpSettings(host="127.0.0.1", port=port, connections=3, timeout=5.0)
+
+        async def scenario() -> None:
+            async with SmtpTransport(settings) as transport:
+                await send_all(transport, [f"r{i}@example.com" for i in range(30)])
+                await transport.send(SENDER, "empty@example.com", b"")
+
+        run(scenario())
+    finally:
+        sink.send_signal(signal.SIGTERM)
+        out, _ = sink.communicate(timeout=10)
+    assert sink.returncode == 0
+    assert out.strip() == "smtp_sink received 31"
+
+
 @pytest.mark.parametrize(
     ("code", "message", "kind", "hard_bounce", "retry_after"),
     [
         # temporary
         (None, "Connection lost", TemporaryFailure, None, None),
         (None, "Timed out waiting for server response", TemporaryFailure, None, None),
-        (421, "4.3.2 Service not available, closing transmission channel", TemporaryFailure,
-         None, None),
+        (
+            421,
+            "4.3.2 Service not available, closing transmission channel",
+            TemporaryFailure,
+            None,
+            None,
+        ),
         (451, "4.3.0 Try again in 120 seconds", TemporaryFailure, None, 120),
         (450, "4.2.1 Mailbox busy, retry in 5 minutes", TemporaryFailure, None, 300),
         (452, "4.2.2 Mailbox full. Retry after 30s", TemporaryFailure, None, 30),
-        (451, "Temporary local problem, please try again after 2 hours", TemporaryFailure,
-         None, 7200),
-        (450, "4.2.0 Recipient address rejected: Greylisted, retry in 300 seconds",
-         TemporaryFailure, None, 300),
-        (451, "4.7.1 Greylisting in action, please come back later", TemporaryFailure,
-         None, None),
+        (
+            451,
+            "Temporary local problem, please try again after 2 hours",
+            TemporaryFailure,
+            None,
+            7200,
+        ),
+        (
+            450,
+            "4.2.0 Recipient address rejected: Greylisted, retry in 300 seconds",
+            TemporaryFailure,
+            None,
+            300,
+        ),
+        (451, "4.7.1 Greylisting in action, please come back later", TemporaryFailure, None, None),
         (452, "4.5.3 Too many recipients", TemporaryFailure, None, None),
         (-1, "Malformed SMTP response", TemporaryFailure, None, None),
         # policy: about us, the sender
-        (421, "4.7.0 Try again later, closing connection. (unusual rate of unsolicited mail)",
-         PolicyFailure, None, None),
+        (
+            421,
+            "4.7.0 Try again later, closing connection. (unusual rate of unsolicited mail)",
+            PolicyFailure,
+            None,
+            None,
+        ),
         (450, "4.7.1 Client host rejected: cannot find your hostname", PolicyFailure, None, None),
         (550, "5.7.1 Message rejected as spam", PolicyFailure, None, None),
-        (550, "5.7.26 Unauthenticated email from acme.example is not accepted due to domain's "
-         "DMARC policy", PolicyFailure, None, None),
-        (554, "5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org",
-         PolicyFailure, None, None),
+        (
+            550,
+            "5.7.26 Unauthenticated email from acme.example is not accepted due to domain's "
+            "DMARC policy",
+            PolicyFailure,
+            None,
+            None,
+        ),
+        (
+            554,
+            "5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org",
+            PolicyFailure,
+            None,
+            None,
+        ),
         (550, "SPF check failed", PolicyFailure, None, None),
         (554, "Your IP has a poor reputation", PolicyFailure, None, None),
         (451, "Sender blocked temporarily", PolicyFailure, None, None),
@@ -331,8 +423,13 @@ def test_close_quits_and_a_later_send_reconnects(smtp_sink: SmtpSink) -> None:
         (535, "5.7.8 Authentication credentials invalid", PolicyFailure, None, None),
         # permanent, about the recipient
         (550, "5.1.1 User unknown", PermanentFailure, True, None),
-        (550, "5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
-         PermanentFailure, True, None),
+        (
+            550,
+            "5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+            PermanentFailure,
+            True,
+            None,
+        ),
         (553, "5.1.3 Bad recipient address syntax", PermanentFailure, True, None),
         (550, "5.1.2 Domain not found", PermanentFailure, True, None),
         (550, "No such user here", PermanentFailure, True, None),
@@ -362,7 +459,10 @@ def test_classify(
 
 
 def test_classify_joins_multi_line_replies() -> None:
-    error = classify(550, "5.1.1 The email account that you tried to reach does not exist.\n"
-                     "5.1.1 Please try double-checking the recipient's email address")
+    error = classify(
+        550,
+        "5.1.1 The email account that you tried to reach does not exist.\n"
+        "5.1.1 Please try double-checking the recipient's email address",
+    )
     assert isinstance(error, PermanentFailure) and error.hard_bounce
     assert "\n" not in str(error)

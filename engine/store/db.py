@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -9,16 +11,15 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+WRITE_OPTION = "engine_write"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # Autocommit at the driver level; SQLAlchemy's "begin" below issues BEGIN IMMEDIATE, so a
-    # transaction that reads then writes never fails with SQLITE_BUSY when another process
-    # wrote in between (two schedulers on one file).
+    # Autocommit at the driver level: _sqlite_begin issues BEGIN itself.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     # WAL: readers never block the writer; busy_timeout: a second scheduler waits, not fails.
@@ -29,6 +30,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_begin(conn: Connection) -> None:
+    # Writers take the write lock up front: a transaction that reads then writes never fails
+    # with SQLITE_BUSY when another process wrote in between (two schedulers on one file).
+    # Readers stay deferred, so a read inside another session never waits on a lock.
+    immediate = conn.get_execution_options().get(WRITE_OPTION, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
 def create_db_engine(url: str) -> Engine:
     """An Engine for ``url``; SQLite gets WAL and its parent folder is created."""
     if url.startswith("sqlite"):
@@ -37,7 +46,7 @@ def create_db_engine(url: str) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True)
 
@@ -68,13 +77,23 @@ class Database:
         if auto_migrate:
             migrate(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.writers = sessionmaker(
+            self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
+        )
 
     @property
     def is_postgres(self) -> bool:
         return self.engine.dialect.name == "postgresql"
 
     def session(self) -> Session:
+        """A session for reading (its transaction does not take SQLite's write lock)."""
         return self.sessions()
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session inside one write transaction: committed on success, rolled back on error."""
+        with self.writers() as session, session.begin():
+            yield session
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -1,0 +1,495 @@
+"""Rendering: MJML compiled once, Jinja per recipient, safe, tracked, localized, validated."""
+
+from __future__ import annotations
+
+import html
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.errors import RenderTimeout, TemplateError
+from engine.rendering import Rendered, Renderer, TemplateProblem
+from engine.settings import SenderSettings
+from engine.tokens import Links, Signer, Token
+
+BASE = "https://t.example.com"
+REF = bytes.fromhex("a1b2c3d4e5f60718293a4b5c")
+POSTAL = "Acme Inc., 1 Main St, Springfield"
+SENDER = SenderSettings(postal_address=POSTAL)
+
+
+def mjml(body: str, head: str = "") -> str:
+    """A complete MJML document around ``body`` (components inside one column)."""
+    return (
+        f"<mjml>\n<mj-head>{head}</mj-head>\n<mj-body>\n<mj-section>\n<mj-column>\n"
+        f"{body}\n</mj-column>\n</mj-section>\n</mj-body>\n</mjml>\n"
+    )
+
+
+@pytest.fixture
+def templates(tmp_path: Path) -> Path:
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def signer() -> Signer:
+    return Signer("test-secret")
+
+
+@pytest.fixture
+def make(templates: Path, signer: Signer) -> Callable[..., Renderer]:
+    def build(render_timeout: float = 2.0) -> Renderer:
+        links = Links(BASE, signer)
+        return Renderer(templates, links=links, sender=SENDER, render_timeout=render_timeout)
+
+    return build
+
+
+@pytest.fixture
+def renderer(make: Callable[..., Renderer]) -> Renderer:
+    return make()
+
+
+def write(folder: Path, name: str, content: str) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content, encoding="utf-8")
+    return path
+
+
+def context(**contact: Any) -> dict[str, Any]:
+    person = {"first_name": "Ana", "email": "ana@example.com", "referral_code": "ANA42"}
+    person.update(contact)
+    return {"contact": person, "sequence": "referral-ask", "step": "ask"}
+
+
+def render(
+    renderer: Renderer,
+    template: str = "ask.mjml",
+    *,
+    subject: str = "Hi {{ contact.first_name }}",
+    locale: str | None = "en",
+    **contact: Any,
+) -> Rendered:
+    return renderer.render(template, subject, context(**contact), locale=locale, ref=REF)
+
+
+def verified(signer: Signer, url: str) -> Token:
+    token = signer.verify(url.rsplit("/", 1)[1].removesuffix(".gif"))
+    assert token is not None, url
+    return token
+
+
+def hrefs(markup: str) -> list[str]:
+    return [html.unescape(h) for h in re.findall(r'href="([^"]*)"', markup)]
+
+
+# --- locales ----------------------------------------------------------------------------------
+
+
+def test_locale_variant_wins_over_the_base_template(templates: Path, renderer: Renderer) -> None:
+    write(templates, "ask.mjml", mjml("<mj-text>Hello</mj-text>"))
+    write(templates, "ask.ar.mjml", mjml("<mj-text>مرحبا</mj-text>"))
+    write(templates, "ask.pt.mjml", mjml("<mj-text>Olá</mj-text>"))
+    assert renderer.resolve("ask.mjml", "ar") == templates / "ask.ar.mjml"
+    assert renderer.resolve("ask.mjml", "pt-BR") == templates / "ask.pt.mjml"
+    assert renderer.resolve("ask.mjml", "pt_br") == templates / "ask.pt.mjml"
+    assert renderer.resolve("ask.mjml", "id") == templates / "ask.mjml"
+    assert renderer.resolve("ask.mjml", None) == templates / "ask.mjml"
+    assert "مرحبا" in render(renderer, locale="ar").text
+    assert "Hello" in render(renderer, locale="fr").text
+
+
+def test_most_specific_locale_first(templates: Path, renderer: Renderer) -> None:
+    for name in ("ask.mjml", "ask.pt.mjml", "ask.pt-BR.mjml"):
+        write(templates, name, mjml("<mj-text>x</mj-text>"))
+    assert renderer.resolve("ask.mjml", "pt-BR") == templates / "ask.pt-BR.mjml"
+    assert renderer.resolve("ask.mjml", "pt-PT") == templates / "ask.pt.mjml"
+
+
+def test_missing_template_is_a_template_error(renderer: Renderer) -> None:
+    with pytest.raises(TemplateError, match=r"nope\.mjml"):
+        renderer.resolve("nope.mjml", "en")
+    with pytest.raises(TemplateError):
+        render(renderer, "nope.mjml")
+    with pytest.raises(TemplateError):
+        renderer.resolve("../outside.mjml", None)
+
+
+def test_arabic_renders_right_to_left(templates: Path, renderer: Renderer) -> None:
+    write(templates, "ask.mjml", mjml("<mj-text>{{ lang }} {{ dir }}</mj-text>"))
+    arabic = render(renderer, locale="ar")
+    root = re.search(r"<html[^>]*>", arabic.html)
+    assert root is not None and 'lang="ar"' in root.group() and 'dir="rtl"' in root.group()
+    assert "ar rtl" in arabic.text
+    assert "direction:rtl" in arabic.html and "direction:ltr" not in arabic.html
+    english = render(renderer, locale="en")
+    root = re.search(r"<html[^>]*>", english.html)
+    assert root is not None and 'lang="en"' in root.group() and 'dir="ltr"' in root.group()
+    assert "en ltr" in english.text
+
+
+# --- safety -----------------------------------------------------------------------------------
+
+
+def test_contact_data_is_escaped_in_html_only(templates: Path, renderer: Renderer) -> None:
+    write(templates, "ask.mjml", mjml("<mj-text>Hi {{ contact.first_name }}!</mj-text>"))
+    hostile = '<script>alert("x")</script>'
+    out = render(renderer, first_name=hostile, subject="{{ contact.first_name }}, hi")
+    assert "<script>" not in out.html
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in out.html
+    assert f"Hi {hostile}!" in out.text
+    assert out.subject == f"{hostile}, hi"
+
+
+def test_a_missing_variable_fails_the_email_naming_it(templates: Path, renderer: Renderer) -> None:
+    write(templates, "ask.mjml", mjml("<mj-text>How is {{ contact.company }}?</mj-text>"))
+    with pytest.raises(TemplateError, match=r"ask\.mjml: 'company' is undefined"):
+        render(renderer)
+    with pytest.raises(TemplateError, match=r"\(subject\): 'last_name' is undefined"):
+        render(renderer, subject="{{ contact.last_name }}", company="Acme")
+    assert "How is Acme?" in render(renderer, company="Acme").text
+
+
+def test_default_filter_gives_a_fallback(templates: Path, renderer: Renderer) -> None:
+    write(
+        templates, "ask.mjml", mjml('<mj-text>Hi {{ contact.nick | default("there") }}</mj-text>')
+    )
+    assert "Hi there" in render(renderer).text
+
+
+HOSTILE = {
+    "dunder": "{{ ''.__class__.__mro__ }}",
+    "attr filter": "{{ ''|attr('__class__') }}",
+    "globals": "{{ cycler.__init__.__globals__ }}",
+    "huge range": "{% for i in range(10**9) %}x{% endfor %}",
+    "nested loops": "{% for i in range(99999) %}{% for j in range(99999) %}"
+    "{% endfor %}{% endfor %}",
+    "loops over strings": "{% for a in 'x'*999999 %}{% for b in 'y'*999999 %}"
+    "{% endfor %}{% endfor %}",
+    "huge string": "{{ 'x' * 10**9 }}",
+    "huge width": "{{ 'x'|center(1000000000) }}",
+    "huge format": "{{ '%999999999d'|format(1) }}",
+    "doubling": "{% set ns = namespace(s='x') %}{% for i in range(64) %}"
+    "{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+    "exponential macro": "{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}"
+    "{% endmacro %}{{ f(60) }}",
+    "output flood": "{% set s = 'x' * 999999 %}{% for i in range(1000) %}{{ s }}{% endfor %}",
+    "replace bomb": "{% set s = 'x' * 99999 %}{{ s|replace('x', s) }}",
+}
+
+
+@pytest.mark.parametrize("code", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_templates_are_stopped_quickly(
+    templates: Path, make: Callable[..., Renderer], code: str
+) -> None:
+    write(templates, "ask.mjml", mjml(f"<mj-text>{code}</mj-text>"))
+    renderer = make(render_timeout=0.3)
+    start = time.perf_counter()
+    with pytest.raises(TemplateError):  # RenderTimeout is a TemplateError
+        render(renderer)
+    assert time.perf_counter() - start < 3.0
+
+
+def test_a_runaway_loop_is_a_render_timeout(templates: Path, make: Callable[..., Renderer]) -> None:
+    write(templates, "ask.mjml", mjml(f"<mj-text>{HOSTILE['nested loops']}</mj-text>"))
+    with pytest.raises(RenderTimeout, match=r"ask\.mjml"):
+        render(make(render_timeout=0.2))
+
+
+# --- compile once -----------------------------------------------------------------------------
+
+
+def test_mjml_is_compiled_once_per_file_version(templates: Path, renderer: Renderer) -> None:
+    path = write(templates, "ask.mjml", mjml("<mj-text>Hi {{ contact.first_name }}</mj-text>"))
+    for name in ("Ana", "Bo", "Cy"):
+        assert f"Hi {name}" in render(renderer, first_name=name).text
+    assert renderer.compile_count == 1
+    path.write_text(mjml("<mj-text>Hello again {{ contact.first_name }}</mj-text>"), "utf-8")
+    assert "Hello again Ana" in render(renderer).text
+    assert renderer.compile_count == 2
+
+
+def test_an_edited_partial_recompiles_its_templates(templates: Path, renderer: Renderer) -> None:
+    write(templates, "ask.mjml", mjml('{% include "_partials/cta.mjml" %}'))
+    partial = write(templates, "_partials/cta.mjml", "<mj-text>First version</mj-text>")
+    assert "First version" in render(renderer).text
+    partial.write_text("<mj-text>The second, longer version</mj-text>", "utf-8")
+    assert "The second, longer version" in render(renderer).text
+    assert renderer.compile_count == 2
+
+
+# --- footer, pixel, links ---------------------------------------------------------------------
+
+
+def test_footer_and_open_pixel_are_always_there(
+    templates: Path, renderer: Renderer, signer: Signer
+) -> None:
+    write(templates, "ask.mjml", mjml("<mj-text>Hello</mj-text>"))
+    out = render(renderer)
+    unsubscribe = Links(BASE, signer).unsubscribe(REF)
+    pixel = Links(BASE, signer).open(REF)
+    body_end = out.html.index("</body>")
+    footer = out.html[out.html.index(POSTAL) : body_end]
+    assert f'href="{unsubscribe}"' in footer and "Unsubscribe" in footer
+    assert out.html[:body_end].endswith(
+        f'<img src="{pixel}" width="1" height="1" alt="" style="display:block;border:0">'
+    )
+    assert POSTAL in out.text and unsubscribe in out.text
+    assert verified(signer, unsubscribe).kind == "unsubscribe"
+    assert verified(signer, pixel).kind == "open"
+
+
+@pytest.mark.parametrize(
+    ("locale", "label"),
+    [
+        ("en", "Unsubscribe"),
+        ("id", "Berhenti berlangganan"),
+        ("ar", "إلغاء الاشتراك"),
+        ("xx", "Unsubscribe"),
+    ],
+)
+def test_footer_speaks_the_contacts_language(
+    templates: Path, renderer: Renderer, locale: str, label: str
+) -> None:
+    write(templates, "ask.mjml", mjml("<mj-text>Hello</mj-text>"))
+    out = render(renderer, locale=locale)
+    assert label in out.html and label in out.text
+
+
+def test_http_links_go_through_the_click_tracker(
+    templates: Path, renderer: Renderer, signer: Signer
+) -> None:
+    body = (
+        '<mj-text><a href="https://example.com/offer?a=1&amp;b=2">Offer</a> '
+        '<a href="mailto:help@example.com">Mail</a> <a href="tel:+155512345">Call</a> '
+        '<a href="#top">Top</a> <a href="{{ links.referral }}">Your page</a></mj-text>'
+        '<mj-button href="https://example.com/start?utm_source=email&amp;x=1">Start</mj-button>'
+    )
+    write(templates, "ask.mjml", mjml(body))
+    out = render(renderer)
+    found = hrefs(out.html)
+    clicks = [verified(signer, h) for h in found if h.startswith(f"{BASE}/c/")]
+    assert {t.url for t in clicks} == {
+        "https://example.com/offer?a=1&b=2",
+        "https://example.com/start?utm_source=email&x=1",
+    }
+    assert all(t.kind == "click" and t.ref == REF for t in clicks)
+    assert {"mailto:help@example.com", "tel:+155512345", "#top", f"{BASE}/r/ANA42"} <= set(found)
+    assert "https://example.com" not in out.html.replace("cdn.example.com", "")
+    # the text part: links become "text (url)" with the same tracking
+    assert f"Your page ({BASE}/r/ANA42)" in out.text
+    text_clicks = re.findall(rf"{re.escape(BASE)}/c/[\w-]+", out.text)
+    assert {verified(signer, u).url for u in text_clicks} == {t.url for t in clicks}
+
+
+def test_bare_urls_in_the_text_twin_are_tracked(
+    templates: Path, renderer: Renderer, signer: Signer
+) -> None:
+    write(templates, "ask.mjml", mjml("<mj-text>HTML part</mj-text>"))
+    write(
+        templates, "ask.txt", "Read https://example.com/guide?x=1&y=2. Ours: {{ links.referral }}\n"
+    )
+    out = render(renderer)
+    assert out.text.startswith("Read https://t.example.com/c/")
+    url = re.search(rf"{re.escape(BASE)}/c/[\w-]+", out.text)
+    assert (
+        url is not None and verified(signer, url.group()).url == "https://example.com/guide?x=1&y=2"
+    )
+    assert f"{url.group()}. Ours: {BASE}/r/ANA42" in out.text
+
+
+def test_template_links_are_signed_for_this_message(
+    templates: Path, renderer: Renderer, signer: Signer
+) -> None:
+    body = (
+        '<mj-button href="{{ links.intro_form }}">Intro</mj-button>'
+        '<mj-button href="{{ links.testimonial }}">Testimonial</mj-button>'
+        '<mj-button href="{{ links.partner_form }}">Partner</mj-button>'
+        '<mj-button href="{{ links.nps(9) }}">9</mj-button>'
+        '<mj-text>{% for s in range(2) %}<a href="{{ links.nps(s) }}">{{ s }}</a>{% endfor %}'
+        '<a href="{{ links.unsubscribe }}">Stop</a></mj-text>'
+    )
+    write(templates, "ask.mjml", mjml(body))
+    found = [h for h in hrefs(render(renderer).html) if h.startswith(BASE)]
+    tokens = [verified(signer, h) for h in found]
+    assert [t.kind for t in tokens[:4]] == ["form.intro", "form.testimonial", "form.partner", "nps"]
+    assert [t.value for t in tokens if t.kind == "nps"] == [9, 0, 1]
+    assert all(t.ref == REF for t in tokens)
+    assert found[0].startswith(f"{BASE}/f/intro/")
+
+
+def test_sender_is_in_the_context(templates: Path, renderer: Renderer) -> None:
+    write(
+        templates,
+        "ask.mjml",
+        mjml("<mj-text>{{ sender.from_name }} / {{ sender.postal_address }}</mj-text>"),
+    )
+    assert f"Acme Team / {POSTAL}" in render(renderer).text
+
+
+# --- the text part ----------------------------------------------------------------------------
+
+
+def test_text_is_derived_from_the_html_when_there_is_no_twin(
+    templates: Path, renderer: Renderer
+) -> None:
+    body = (
+        "<mj-text><p>Hi {{ contact.first_name }},</p><p>Line one<br>line two</p></mj-text>"
+        '<mj-button href="{{ links.referral }}">Share your page</mj-button>'
+    )
+    write(templates, "ask.mjml", mjml(body, head="<mj-style>.x { color: red; }</mj-style>"))
+    text = render(renderer).text
+    assert text.startswith(f"Hi Ana,\n\nLine one\nline two\n\nShare your page ({BASE}/r/ANA42)")
+    assert "color" not in text and "<" not in text
+
+
+def test_the_txt_twin_is_used_when_present(templates: Path, renderer: Renderer) -> None:
+    write(templates, "ask.mjml", mjml("<mj-text>HTML only</mj-text>"))
+    write(templates, "ask.ar.mjml", mjml("<mj-text>HTML ar</mj-text>"))
+    write(templates, "ask.txt", "Plain {{ contact.first_name }}\n")
+    write(templates, "ask.ar.txt", "نص {{ contact.first_name }}\n")
+    assert render(renderer).text.startswith("Plain Ana\n")
+    assert render(renderer, locale="ar").text.startswith("نص Ana\n")
+    assert "HTML only" in render(renderer).html
+
+
+# --- Jinja structure inside MJML --------------------------------------------------------------
+
+
+def test_if_around_sections_keeps_or_drops_them(templates: Path, renderer: Renderer) -> None:
+    source = """<mjml>
+<mj-body>
+  <mj-section><mj-column><mj-text>Always</mj-text></mj-column></mj-section>
+  {% if contact.plan is defined and contact.plan == "pro" %}
+  <mj-section><mj-column><mj-text>Pro perk</mj-text></mj-column></mj-section>
+  {% else %}
+  <mj-section><mj-column><mj-text>Upgrade</mj-text></mj-column></mj-section>
+  {% endif %}
+  {% for item in ["one", "two"] %}
+  <mj-section><mj-column><mj-text>Item {{ item }}</mj-text></mj-column></mj-section>
+  {% endfor %}
+</mj-body>
+</mjml>
+"""
+    write(templates, "ask.mjml", source)
+    assert renderer.check("ask.mjml") == []
+    pro = render(renderer, plan="pro")
+    free = render(renderer, plan="free")
+    assert "Pro perk" in pro.html and "Upgrade" not in pro.html
+    assert "Upgrade" in free.html and "Pro perk" not in free.html
+    for out in (pro, free):
+        assert "Item one" in out.html and "Item two" in out.html
+        assert out.html.count("<table") == out.html.count("</table>")
+    assert pro.text.startswith("Always\n\nPro perk\n\nItem one\n\nItem two")
+
+
+def test_extends_and_include_within_the_templates_folder(
+    templates: Path, renderer: Renderer
+) -> None:
+    write(
+        templates,
+        "_layout.mjml",
+        "<mjml><mj-body>{% block content %}{% endblock %}"
+        '{% include "_partials/sign-off.mjml" %}</mj-body></mjml>',
+    )
+    write(
+        templates,
+        "_partials/sign-off.mjml",
+        "<mj-section><mj-column><mj-text>Cheers, {{ sender.from_name }}</mj-text></mj-column>"
+        "</mj-section>",
+    )
+    write(
+        templates,
+        "ask.mjml",
+        '{% extends "_layout.mjml" %}{% block content %}<mj-section><mj-column>'
+        "<mj-text>Hi {{ contact.first_name }}</mj-text></mj-column></mj-section>{% endblock %}",
+    )
+    text = render(renderer).text
+    assert text.startswith("Hi Ana\n\nCheers, Acme Team")
+    write(templates, "escape.mjml", mjml('<mj-text>{% include "../secret.mjml" %}</mj-text>'))
+    write(templates.parent, "secret.mjml", "top secret")
+    with pytest.raises(TemplateError, match="not found"):
+        render(renderer, "escape.mjml")
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+def only(problems: list[TemplateProblem], needle: str) -> TemplateProblem:
+    matching = [p for p in problems if needle in p.message]
+    assert len(matching) == 1, problems
+    return matching[0]
+
+
+def test_check_reports_jinja_in_a_layout_attribute(templates: Path, renderer: Renderer) -> None:
+    source = mjml('<mj-image src="https://cdn.example.com/a.png" width="{{ contact.w }}" />')
+    path = write(templates, "ask.mjml", source)
+    problem = only(renderer.check("ask.mjml"), "layout attribute width")
+    assert (problem.path, problem.line) == (str(path), 6)
+    assert str(problem).startswith(f"{path}:6:{source.splitlines()[5].index('{{') + 1}: ")
+
+
+def test_check_reports_a_syntax_error_on_its_line(templates: Path, renderer: Renderer) -> None:
+    path = write(
+        templates,
+        "ask.mjml",
+        mjml("<mj-text>ok</mj-text>\n<mj-text>{{ contact.first_name }</mj-text>"),
+    )
+    problem = only(renderer.check("ask.mjml"), "syntax")
+    assert (problem.path, problem.line) == (str(path), 7)
+    with pytest.raises(TemplateError, match=r"ask\.mjml:7:"):
+        render(renderer)
+
+
+def test_check_reports_a_missing_template(renderer: Renderer, templates: Path) -> None:
+    (problem,) = renderer.check("nope.mjml")
+    assert problem.path == str(templates / "nope.mjml") and "not found" in problem.message
+
+
+def test_check_covers_every_locale_variant(templates: Path, renderer: Renderer) -> None:
+    write(templates, "ask.mjml", mjml("<mj-text>fine</mj-text>"))
+    bad = write(templates, "ask.ar.mjml", mjml("<mj-text>{% if x %}</mj-text>"))
+    problems = renderer.check("ask.mjml")
+    assert [p.path for p in problems] == [str(bad)]
+
+
+def test_check_reports_mjml_mistakes_where_they_are(templates: Path, renderer: Renderer) -> None:
+    path = write(templates, "ask.mjml", mjml("<mj-text>open</mj-text>\n<mj-colum>x</mj-colum>"))
+    assert only(renderer.check("ask.mjml"), "unknown MJML element").line == 7
+    write(templates, "open.mjml", mjml("<mj-text>never closed"))
+    problem = only(renderer.check("open.mjml"), "not closed")
+    assert problem.line == 6 and "<mj-text>" in problem.message
+    assert path.exists()
+
+
+def test_check_reports_unknown_variables(templates: Path, renderer: Renderer) -> None:
+    write(templates, "ask.mjml", mjml("<mj-text>\n{{ contct.first_name }}</mj-text>"))
+    assert only(renderer.check("ask.mjml"), "unknown variable 'contct'").line == 7
+
+
+def test_a_clean_template_has_no_problems(templates: Path, renderer: Renderer) -> None:
+    body = (
+        '<mj-image src="https://cdn.example.com/logo.png" alt="{{ sender.from_name }}" />'
+        "<mj-text>{% if contact.company is defined %}{{ contact.company }}{% endif %}</mj-text>"
+        '<mj-button href="{{ links.nps(10) }}">10</mj-button>'
+    )
+    write(templates, "ask.mjml", mjml(body))
+    assert renderer.check("ask.mjml") == []
+
+
+def test_check_subject(renderer: Renderer) -> None:
+    assert renderer.check_subject("{{ contact.first_name }}, who could we help?") is None
+    assert "syntax" in (renderer.check_subject("{{ contact.first_name }, hi") or "")
+
+
+def test_subjects_are_single_lines(templates: Path, renderer: Renderer) -> None:
+    write(templates, "ask.mjml", mjml("<mj-text>x</mj-text>"))
+    out = render(renderer, subject="Hi\r\n{{ contact.first_name }}\nBcc: x@example.com")
+    assert out.subject == "Hi Ana Bcc: x@example.com"
