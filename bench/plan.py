@@ -16,11 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.clock import FixedClock  # noqa: E402
-from engine.planner import Planner  # noqa: E402
-from engine.sequences import load_sequences  # noqa: E402
-from engine.settings import Settings  # noqa: E402
-from engine.store.db import Database  # noqa: E402
+from engine.clock import FixedClock
+from engine.planner import Planner
+from engine.sequences import load_sequences
+from engine.settings import Settings
+from engine.store.db import Database
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
@@ -40,16 +40,26 @@ def populate(path: Path, total: int, due: int) -> None:
         "INSERT INTO contacts (id, email, first_name, kind, nps_score, customer_since, fields,"
         " referral_code, created_at, updated_at, timezone, locale)"
         " VALUES (?, ?, ?, 'customer', 10, ?, '{}', ?, ?, ?, 'UTC', 'en')",
-        ((i, f"c{i}@example.com", f"C{i}", since, f"r{i}", since, since)
-         for i in range(1, total + 1)),
+        (
+            (i, f"c{i}@example.com", f"C{i}", since, f"r{i}", since, since)
+            for i in range(1, total + 1)
+        ),
     )
     future, past = fmt(NOW + timedelta(days=2)), fmt(NOW - timedelta(minutes=1))
     # Every contact is in referral-ask, waiting; `due` of them are due right now at step 0.
     conn.executemany(
         "INSERT INTO enrollments (id, contact_id, sequence_id, key, status, position, next_at,"
         " started_at) VALUES (?, ?, 'referral-ask', 'cycle-1', 'active', ?, ?, ?)",
-        ((i, i, 0 if i % (total // due) == 0 else 1,
-          past if i % (total // due) == 0 else future, since) for i in range(1, total + 1)),
+        (
+            (
+                i,
+                i,
+                0 if i % (total // due) == 0 else 1,
+                past if i % (total // due) == 0 else future,
+                since,
+            )
+            for i in range(1, total + 1)
+        ),
     )
     conn.commit()
     conn.close()
@@ -73,12 +83,16 @@ def main() -> None:
         elapsed = time.perf_counter() - t0
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        print(f"plan: {elapsed * 1000:.0f} ms for {stats.planned:,} emails planned "
-              f"({total:,} enrolled, {due:,} due); peak Python memory {peak / 1e6:.1f} MB")
+        print(
+            f"plan: {elapsed * 1000:.0f} ms for {stats.planned:,} emails planned "
+            f"({total:,} enrolled, {due:,} due); peak Python memory {peak / 1e6:.1f} MB"
+        )
         t0 = time.perf_counter()
         again = planner.plan()
-        print(f"second pass (nothing due): {(time.perf_counter() - t0) * 1000:.1f} ms, "
-              f"planned {again.planned}")
+        print(
+            f"second pass (nothing due): {(time.perf_counter() - t0) * 1000:.1f} ms, "
+            f"planned {again.planned}"
+        )
         db.dispose()
 
 

@@ -18,6 +18,7 @@ class ContactLike(Protocol):
     email: str
     kind: str
     nps_score: int | None
+    nps_at: datetime | None
     customer_since: datetime | None
     last_complaint_at: datetime | None
     unsubscribed_at: datetime | None
@@ -118,6 +119,16 @@ def check_audience(
         return Decision(
             False, "nps", f"{klass} ({shown}), sequence wants {', '.join(sorted(audience.nps))}"
         )
+    if audience.nps_older_than is not None and contact.nps_at is not None:
+        fresh_until = contact.nps_at + audience.nps_older_than
+        if now < fresh_until:
+            return Decision(
+                False,
+                "nps_older_than",
+                f"answered NPS on {contact.nps_at:%Y-%m-%d}, asks again after "
+                f"{_days(audience.nps_older_than)}: from {fresh_until:%Y-%m-%d %H:%M}",
+                fresh_until,
+            )
     since = contact.customer_since or contact.created_at
     ready = since + audience.customer_for_at_least
     if now < ready:

@@ -13,7 +13,8 @@ from sqlalchemy import select
 
 from engine.clock import Clock
 from engine.errors import ImportRowError
-from engine.explain import explain_contact, simulate as simulate_timeline
+from engine.explain import explain_contact
+from engine.explain import simulate as simulate_timeline
 from engine.mime import OutgoingEmail, build_message
 from engine.referrals import add_referral, convert_referral
 from engine.reports import build_report, to_csv, to_json

@@ -7,6 +7,7 @@ settings; the planner and sender only see what they are handed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -132,10 +133,8 @@ async def run(
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread
-            pass
     own = transport is None
     transport = transport or SmtpTransport(engine.settings.smtp)
     wait = engine.settings.schedule.tick_seconds if interval is None else interval
@@ -144,10 +143,8 @@ async def run(
             result = await tick(engine, transport, stop)
             if on_tick:
                 on_tick(result)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=wait)
-            except TimeoutError:
-                pass
     finally:
         if own:
             await transport.close()

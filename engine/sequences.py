@@ -96,6 +96,7 @@ class Audience:
     customer_for_at_least: timedelta = timedelta(days=30)
     no_complaint_within: timedelta = timedelta(days=30)
     reenter_after: timedelta | None = timedelta(days=90)  # None: never enter twice
+    nps_older_than: timedelta | None = None  # only if the last NPS answer is this old (or none)
     where: WhereRule = ()  # (field, allowed values): equality, or membership for several
 
 
@@ -412,6 +413,11 @@ def _build_schema() -> dict[str, Any]:
                         ref("duration"),
                         "Enter again this long after the last entry (default 90d);"
                         " null: never again.",
+                    ),
+                    "nps_older_than": nullable(
+                        ref("duration"),
+                        "Only contacts whose last NPS answer is older than this, or who never"
+                        " answered (for surveys: don't ask someone who just answered).",
                     ),
                     "where": {
                         **ref("where"),
@@ -905,6 +911,10 @@ class _FileParser:
         for key in ("customer_for_at_least", "no_complaint_within"):
             if key in found:
                 values[key] = self.duration(found[key], f"audience.{key}")
+        if "nps_older_than" in found and not _is_null(found["nps_older_than"]):
+            values["nps_older_than"] = self.duration(
+                found["nps_older_than"], "audience.nps_older_than"
+            )
         if "reenter_after" in found:
             node = found["reenter_after"]
             values["reenter_after"] = (

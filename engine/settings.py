@@ -132,7 +132,16 @@ def _coerce(key: str, value: Any, target: Any) -> Any:
     if target is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+        if isinstance(value, str) and value.lower() in {
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        }:
             return value.lower() in {"1", "true", "yes", "on"}
         raise SettingsError(key, f"expected true or false, got {value!r}")
     if target is int:
@@ -205,7 +214,9 @@ def _validate(s: Settings) -> None:
     try:
         parse_zone(s.schedule.timezone)
     except ValueError:
-        raise SettingsError("schedule.timezone", f"unknown time zone {s.schedule.timezone!r}") from None
+        raise SettingsError(
+            "schedule.timezone", f"unknown time zone {s.schedule.timezone!r}"
+        ) from None
 
     try:
         parse_days(s.schedule.days)
@@ -217,7 +228,9 @@ def _validate(s: Settings) -> None:
         raise SettingsError("schedule.hours", str(exc)) from None
 
 
-def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
     """Read settings from ``path`` (or ENGINE_SETTINGS, or ./settings.toml) plus the environment.
 
     A missing file is fine only when no path was asked for explicitly: defaults apply.
@@ -238,7 +251,9 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
             raise SettingsError(name, "unknown section")
         if not isinstance(value, dict):
             raise SettingsError(name, "must be a [section]")
-    sections = {name: _build_section(name, cls, raw.get(name, {}), env) for name, cls in SECTIONS.items()}
+    sections = {
+        name: _build_section(name, cls, raw.get(name, {}), env) for name, cls in SECTIONS.items()
+    }
     settings = Settings(**sections, base_dir=file.resolve().parent)
     _validate(settings)
     return settings

@@ -84,15 +84,25 @@ class Project:
         """Run `python -m engine ...` in-process at the project's clock; (exit code, output)."""
         out = io.StringIO()
         console = Console(file=out, width=220, color_system=None, force_terminal=False)
-        code = main(["--settings", str(self.settings_path), "--now",
-                     self.clock.now().isoformat(), *args], console=console)
+        code = main(
+            ["--settings", str(self.settings_path), "--now", self.clock.now().isoformat(), *args],
+            console=console,
+        )
         return code, out.getvalue()
 
 
-def write_settings(folder: Path, db_url: str, smtp_port: int, *, sequences: str | Path,
-                   templates: str | Path, extra: str = "") -> Path:
+def write_settings(
+    folder: Path,
+    db_url: str,
+    smtp_port: int,
+    *,
+    sequences: str | Path,
+    templates: str | Path,
+    extra: str = "",
+) -> Path:
     path = folder / "settings.toml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         [database]
         url = "{db_url}"
         [smtp]
@@ -115,13 +125,20 @@ def write_settings(folder: Path, db_url: str, smtp_port: int, *, sequences: str 
         days = ["mon", "tue", "wed", "thu", "fri"]
         hours = "09:00-17:00"
         lease_seconds = 300
-    """).lstrip() + textwrap.dedent(extra), encoding="utf-8")
+    """).lstrip()
+        + textwrap.dedent(extra),
+        encoding="utf-8",
+    )
     return path
 
 
 @pytest.fixture
-def make_project(tmp_path: Path, db_url: str, smtp_sink: SmtpSink,  # noqa: F811
-                 clock: FixedClock) -> Callable[..., Project]:
+def make_project(
+    tmp_path: Path,
+    db_url: str,
+    smtp_sink: SmtpSink,  # noqa: F811
+    clock: FixedClock,
+) -> Callable[..., Project]:
     """A project using the shipped sequences and templates, or the test's own (shipped=False)."""
 
     def make(*, shipped: bool = True, extra: str = "") -> Project:
@@ -131,8 +148,9 @@ def make_project(tmp_path: Path, db_url: str, smtp_sink: SmtpSink,  # noqa: F811
         templates = ROOT / "templates" if shipped else folder / "templates"
         (folder / "sequences").mkdir(exist_ok=True)
         (folder / "templates").mkdir(exist_ok=True)
-        path = write_settings(folder, db_url, smtp_sink.port, sequences=sequences,
-                              templates=templates, extra=extra)
+        path = write_settings(
+            folder, db_url, smtp_sink.port, sequences=sequences, templates=templates, extra=extra
+        )
         return Project(folder, path, smtp_sink, clock)
 
     return make

@@ -53,16 +53,42 @@ class PostgresServer:
             shutil.chown(self.sock, "postgres")
             os.chmod(self.dir, 0o755)
         subprocess.run(
-            self._as_owner(str(self.bin_dir / "initdb"), "-D", str(self.data), "-A", "trust",
-                           "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"),
-            check=True, capture_output=True,
+            self._as_owner(
+                str(self.bin_dir / "initdb"),
+                "-D",
+                str(self.data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ),
+            check=True,
+            capture_output=True,
         )
-        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.sock} -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.sock} -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
         subprocess.run(
-            self._as_owner(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-o", options,
-                           "-l", str(self.dir / "log"), "-w", "-t", "60", "start"),
-            check=True, capture_output=True,
+            self._as_owner(
+                str(self.bin_dir / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-o",
+                options,
+                "-l",
+                str(self.dir / "log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ),
+            check=True,
+            capture_output=True,
         )
 
     def url(self, database: str = "postgres") -> str:
@@ -90,8 +116,10 @@ class PostgresServer:
 
     def stop(self) -> None:
         subprocess.run(
-            self._as_owner(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m",
-                           "immediate", "stop"),
-            check=False, capture_output=True,
+            self._as_owner(
+                str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"
+            ),
+            check=False,
+            capture_output=True,
         )
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -61,15 +61,20 @@ def mjml(body: str) -> str:
 
 
 TEMPLATES = {
-    "ask.mjml": mjml('Hi {{ contact.first_name }}, who are one or two people at '
-                     '{{ contact.company | default("your company") }}\'s peers we could help? '
-                     '<a href="https://acme.example/why?a=1&b=2">Why us</a>'),
+    "ask.mjml": mjml(
+        "Hi {{ contact.first_name }}, who are one or two people at "
+        '{{ contact.company | default("your company") }}\'s peers we could help? '
+        '<a href="https://acme.example/why?a=1&b=2">Why us</a>'
+    ),
     "ask.ar.mjml": mjml("مرحبا {{ contact.first_name }}"),
     "reminder.mjml": mjml("Just bumping this, {{ contact.first_name }}."),
     "thanks.mjml": mjml("Thank you, {{ contact.first_name | default('friend') }}!"),
 }
 
-HEADER = "email,first_name,last_name,company,timezone,nps_score,nps_at,customer_since,last_complaint_at,locale,kind\n"
+HEADER = (
+    "email,first_name,last_name,company,timezone,nps_score,nps_at,customer_since,"
+    "last_complaint_at,locale,kind\n"
+)
 
 
 def setup(project: Project, sequences: dict[str, str] | None = None) -> Project:
@@ -82,7 +87,7 @@ def setup(project: Project, sequences: dict[str, str] | None = None) -> Project:
 
 def contacts(project: Project, *rows: str) -> None:
     path = project.contacts(HEADER + "\n".join(rows) + "\n")
-    code, out = project.cli("contacts", "import", str(path))
+    _code, out = project.cli("contacts", "import", str(path))
     assert "rejected" in out, out
 
 

@@ -21,8 +21,10 @@ from tests.scenario import HEADER, contacts, setup
 
 
 def promoters(n: int) -> list[str]:
-    return [f"p{i:03d}@example.com,P{i},L,Co,UTC,10,2026-01-01,2025-01-01,,en,customer"
-            for i in range(n)]
+    return [
+        f"p{i:03d}@example.com,P{i},L,Co,UTC,10,2026-01-01,2025-01-01,,en,customer"
+        for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -50,8 +52,9 @@ async def test_a_worker_whose_lease_expired_cannot_send_or_record(program: Proje
         assert late_stats.sent == 0
     assert len(program.sink.messages) == 5
     with engine.db.session() as s:
-        assert s.scalar(select(func.count()).select_from(Message)
-                        .where(Message.status == "sent")) == 5
+        assert (
+            s.scalar(select(func.count()).select_from(Message).where(Message.status == "sent")) == 5
+        )
     engine.close()
 
 
@@ -77,10 +80,19 @@ def test_kill_9_in_the_middle_of_a_batch_loses_nothing(program: Project) -> None
     contacts(program, *promoters(n))
     program.sink.delay_seconds = 0.15
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ENGINE_SMTP_CONNECTIONS": "1"}
-    cmd = [sys.executable, "-m", "engine", "--settings", str(program.settings_path), "--now",
-           program.clock.now().isoformat(), "tick"]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    cmd = [
+        sys.executable,
+        "-m",
+        "engine",
+        "--settings",
+        str(program.settings_path),
+        "--now",
+        program.clock.now().isoformat(),
+        "tick",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     assert program.sink.wait_for(4, timeout=60), proc.stdout.read() if proc.stdout else ""
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
@@ -92,8 +104,9 @@ def test_kill_9_in_the_middle_of_a_batch_loses_nothing(program: Project) -> None
     assert done.returncode == 0, done.stdout + done.stderr
     # After the lease expires, the rows it held are claimed again.
     later = (program.clock.now() + timedelta(minutes=6)).isoformat()
-    done = subprocess.run([*cmd[:6], later, "tick"], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [*cmd[:6], later, "tick"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     received = Counter(m.rcpt_tos[0] for m in program.sink.messages)
     assert len(received) == n  # nothing lost
@@ -118,4 +131,3 @@ def test_header_row_only_csv(program: Project) -> None:
     path = program.contacts(HEADER)
     code, out = program.cli("contacts", "import", str(path))
     assert code == 0 and "0 created" in out
-

@@ -59,7 +59,7 @@ def test_detractor_and_score_below_five_are_never_asked(program: Project) -> Non
         program.cli("tick")
         program.clock.advance(timedelta(days=30))
     assert sent_to(program) == []
-    code, out = program.cli("explain", "--contact", "dana@example.com")
+    _code, out = program.cli("explain", "--contact", "dana@example.com")
     assert "min_score" in out and "NPS score 3 is below 5" in out
 
 
@@ -107,8 +107,9 @@ def test_reply_stops_the_sequence(program: Project) -> None:
 
     with engine.db.write() as s:
         message = s.scalars(select(Message)).one()
-        record_event(s, "replied", program.clock.now(), contact_id=message.contact_id,
-                     message=message)
+        record_event(
+            s, "replied", program.clock.now(), contact_id=message.contact_id, message=message
+        )
     engine.close()
     program.clock.advance(timedelta(days=4))
     program.cli("tick")
@@ -119,17 +120,27 @@ def test_reply_stops_the_sequence(program: Project) -> None:
 def test_referral_starts_thanks_stops_ask_and_rewards_once(program: Project) -> None:
     contacts(program, ANA)
     program.cli("tick")
-    code, out = program.cli("referrals", "add", "--referrer", "ana@example.com",
-                            "--email", "mia@example.com", "--name", "Mia Wong")
+    code, out = program.cli(
+        "referrals",
+        "add",
+        "--referrer",
+        "ana@example.com",
+        "--email",
+        "mia@example.com",
+        "--name",
+        "Mia Wong",
+    )
     assert code == 0, out
     program.cli("tick")
-    assert [m.message["Subject"] for m in program.sink.messages][1] == \
-        "Thank you for introducing Mia Wong"
+    assert [m.message["Subject"] for m in program.sink.messages][
+        1
+    ] == "Thank you for introducing Mia Wong"
     program.clock.advance(timedelta(days=5))
     program.cli("tick")
     assert len(program.sink.messages) == 2  # the reminder was stopped by the referral
-    assert program.cli("referrals", "convert", "--email", "mia@example.com",
-                       "--value", "1200")[0] == 0
+    assert (
+        program.cli("referrals", "convert", "--email", "mia@example.com", "--value", "1200")[0] == 0
+    )
     code, out = program.cli("referrals", "convert", "--email", "mia@example.com")
     assert "already converted" in out
     program.cli("tick")
@@ -157,7 +168,9 @@ def test_contact_reenters_after_ninety_days(program: Project) -> None:
 
 def test_send_window_in_the_contacts_time_zone(program: Project) -> None:
     # 10:00 UTC is 17:00 in Jakarta: outside 09:00-17:00 there, so the ask waits for Tuesday 09:00.
-    contacts(program, "budi@example.com,Budi,S,Kopi,Asia/Jakarta,9,2026-01-01,2025-01-01,,id,customer")
+    contacts(
+        program, "budi@example.com,Budi,S,Kopi,Asia/Jakarta,9,2026-01-01,2025-01-01,,id,customer"
+    )
     program.cli("tick")
     assert sent_to(program) == []
     program.clock.set(program.clock.now().replace(day=3, hour=1, minute=59))
@@ -171,7 +184,7 @@ def test_send_window_in_the_contacts_time_zone(program: Project) -> None:
 def test_missing_variable_holds_back_that_one_email(program: Project) -> None:
     nameless = "sam@example.com,,Kowalski,Print,UTC,10,2026-01-01,2025-01-01,,en,customer"
     contacts(program, nameless, ANA)
-    code, out = program.cli("tick")
+    _code, out = program.cli("tick")
     assert sent_to(program) == ["ana@example.com"]
     assert "first_name" in out
     assert count(program, Message, Message.status == "render_failed") == 1
@@ -189,7 +202,7 @@ def test_locale_variant_is_chosen(program: Project) -> None:
 def test_hard_bounce_suppresses_the_address(program: Project) -> None:
     program.sink.rcpt_responses["ana@example.com"] = "550 5.1.1 <ana@example.com>: user unknown"
     contacts(program, ANA)
-    code, out = program.cli("tick")
+    _code, out = program.cli("tick")
     assert count(program, Suppression, Suppression.email == "ana@example.com") == 1
     assert count(program, Message, Message.status == "failed") == 1
     program.clock.advance(timedelta(days=100))
@@ -221,7 +234,7 @@ def test_temporary_failure_retries_with_backoff_and_same_message_id(program: Pro
 def test_policy_rejection_pauses_sending_and_keeps_the_contact(program: Project) -> None:
     program.sink.rcpt_responses["ana@example.com"] = "550 5.7.1 Message rejected: sender blocked"
     contacts(program, ANA, "bo@example.com,Bo,B,Bo Co,UTC,10,2026-01-01,2025-01-01,,en,customer")
-    code, out = program.cli("tick")
+    _code, out = program.cli("tick")
     assert "paused" in out
     assert count(program, Suppression) == 0
     assert count(program, Alert) == 1
@@ -244,8 +257,9 @@ def test_unsubscribed_contact_is_never_sent_to(program: Project) -> None:
 
     with engine.db.write() as s:
         message = s.scalars(select(Message)).one()
-        record_event(s, "unsubscribed", program.clock.now(), contact_id=message.contact_id,
-                     message=message)
+        record_event(
+            s, "unsubscribed", program.clock.now(), contact_id=message.contact_id, message=message
+        )
         from engine.store.models import Contact
 
         s.get(Contact, message.contact_id).unsubscribed_at = program.clock.now()
@@ -261,7 +275,7 @@ def test_import_reports_bad_rows_and_keeps_the_rest(program: Project) -> None:
         "ok@example.com,Ok,9,2025-01-01,UTC\n"
         ",NoEmail,9,2025-01-01,UTC\n"
         "bad-date@example.com,Bad,9,01/02/2025,UTC\n"
-        "\"crlf@example.com\",\"Evil\r\nBcc: x@evil.example\",9,2025-01-01,UTC\n"
+        '"crlf@example.com","Evil\r\nBcc: x@evil.example",9,2025-01-01,UTC\n'
         "score@example.com,Score,11,2025-01-01,UTC\n"
         "tz@example.com,Tz,9,2025-01-01,Mars/Olympus\n"
     )
@@ -289,8 +303,9 @@ def test_simulate_shows_the_timeline_and_sends_nothing(program: Project) -> None
 def test_preview_renders_one_step(program: Project, tmp_path) -> None:  # type: ignore[no-untyped-def]
     contacts(program, ANA)
     out_file = tmp_path / "ask.eml"
-    code, out = program.cli("preview", "ask", "ask", "--contact", "ana@example.com",
-                            "--out", str(out_file))
+    code, out = program.cli(
+        "preview", "ask", "ask", "--contact", "ana@example.com", "--out", str(out_file)
+    )
     assert code == 0, out
     assert "Ana, who could you introduce?" in out
     assert out_file.read_bytes().startswith(b"")

@@ -142,7 +142,7 @@ class Message(Base):
 
 
 class Event(Base):
-    """Something that happened to a contact. ``handled_at`` NULL: the planner has not reacted yet."""
+    """Something that happened to a contact; ``handled_at`` NULL: the planner has not reacted."""
 
     __tablename__ = "events"
     __table_args__ = (

@@ -1,0 +1,132 @@
+"""The command line as users and scripts see it: exit codes, messages, the run loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import ROOT, Project
+from tests.scenario import ASK, TEMPLATES, contacts, setup
+
+ANA = "ana@example.com,Ana,Lima,Lima Co,UTC,10,2026-01-01,2025-01-01,,en,customer"
+
+
+@pytest.fixture
+def program(make_project: Callable[..., Project]) -> Project:
+    return setup(make_project(shipped=False))
+
+
+def test_validate_accepts_the_shipped_program(project: Project) -> None:
+    code, out = project.cli("validate")
+    assert code == 0, out
+    assert "ok: 5 sequences" in out
+
+
+def test_validate_reports_file_line_col_and_keeps_the_rest(program: Project) -> None:
+    program.write("sequences/broken.yaml", "id: broken\nname: [unclosed\nsteps: []\n")
+    program.write(
+        "sequences/typo.yaml",
+        ASK.replace("id: ask", "id: typo")
+        .replace("ask.mjml", "aks.mjml")
+        .replace("wait: 3d", "wait: 3days"),
+    )
+    code, out = program.cli("validate")
+    assert code == 1
+    broken = str(program.dir / "sequences" / "broken.yaml")
+    assert f"{broken}:2:" in out or f"{broken}:3:" in out
+    assert "typo.yaml:" in out and "aks.mjml" in out and "3days" in out
+    # the good files still load and run
+    contacts(program, ANA)
+    code, out = program.cli("tick")
+    assert code == 0 and "skipped" in out
+    assert len(program.sink.messages) == 1
+
+
+def test_validate_reports_template_typos_with_their_line(program: Project) -> None:
+    program.write(
+        "templates/ask.mjml",
+        TEMPLATES["ask.mjml"].replace("{{ contact.first_name }}", "{{ contact.first_name }"),
+    )
+    program.write(
+        "templates/reminder.mjml",
+        (
+            '<mjml><mj-body><mj-section><mj-column><mj-image width="{{ w }}" src="https://x.example/a.png"/>'
+            "</mj-column></mj-section></mj-body></mjml>\n"
+        ),
+    )
+    code, out = program.cli("validate")
+    assert code == 1
+    assert "ask.mjml:1:" in out
+    assert "reminder.mjml:1:" in out and "attribute" in out
+
+
+def test_bad_now_and_bad_settings_are_errors_not_tracebacks(program: Project) -> None:
+    code, out = program.cli("--now", "next tuesday", "tick")
+    assert code == 2 and "--now" in out and "Traceback" not in out
+    program.settings_path.write_text(program.settings_path.read_text() + "\n[smtp2]\nx = 1\n")
+    code, out = program.cli("tick")
+    assert code == 2 and "smtp2" in out
+
+
+def test_report_formats(program: Project) -> None:
+    contacts(program, ANA)
+    program.cli("tick")
+    code, out = program.cli("report", "--format", "json")
+    data = json.loads(out)
+    assert data["steps"][0]["sequence"] == "ask" and data["steps"][0]["sent"] == 1
+    assert data["referrals"]["asked"] == 1
+    code, out = program.cli("report", "--format", "csv")
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("sequence,step,queued,sent") and lines[1].startswith("ask,ask,0,1")
+    code, out = program.cli("report")
+    assert code == 0 and "referral funnel: asked 1" in out
+
+
+def test_explain_lists_every_sequence(program: Project) -> None:
+    contacts(program, ANA)
+    _, out = program.cli("explain", "--contact", "ana@example.com")
+    assert "eligible" in out and "enters on the next tick" in out
+    assert "starts when referral.created happens" in out
+    program.cli("tick")
+    _, out = program.cli("explain", "--contact", "ana@example.com")
+    assert "next: reminder" in out or "next: wait" in out
+    code, out = program.cli("explain", "--contact", "nobody@example.com")
+    assert code == 2 and "no contact" in out
+
+
+@pytest.mark.slow
+def test_run_sends_and_stops_cleanly_on_sigterm(program: Project) -> None:
+    contacts(program, ANA)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "--settings",
+            str(program.settings_path),
+            "--now",
+            program.clock.now().isoformat(),
+            "run",
+            "--interval",
+            "0.2",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        program.sink.wait_for(1, timeout=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert len(program.sink.messages) == 1
