@@ -62,6 +62,9 @@ def populate(path: Path, total: int, due: int) -> None:
         ),
     )
     conn.commit()
+    # Fold the bulk load into the main file now, so the measured pass does not pay a
+    # one-off checkpoint of a million rows.
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
 
 
@@ -86,6 +89,12 @@ def main() -> None:
         print(
             f"plan: {elapsed * 1000:.0f} ms for {stats.planned:,} emails planned "
             f"({total:,} enrolled, {due:,} due); peak Python memory {peak / 1e6:.1f} MB"
+        )
+        t0 = time.perf_counter()
+        db.checkpoint()
+        print(
+            f"WAL checkpoint after the pass (the scheduler runs it between ticks): "
+            f"{(time.perf_counter() - t0) * 1000:.0f} ms"
         )
         t0 = time.perf_counter()
         again = planner.plan()

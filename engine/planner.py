@@ -56,12 +56,16 @@ class PlanStats:
         return self
 
 
-def insert_ignore(session: Session, db: Database, model: Any, values: dict[str, Any]) -> bool:
-    """INSERT one row unless a unique key already has it (idempotent writes); True if new."""
+def insert_ignore(session: Session, db: Database, model: Any, rows: list[dict[str, Any]]) -> int:
+    """INSERT rows whose unique key is not taken yet (idempotent writes); returns how many."""
+    if not rows:
+        return 0
     dialect = postgresql if db.is_postgres else sqlite
-    stmt = dialect.insert(model).values(values).on_conflict_do_nothing().returning(model.id)
-    # RETURNING, not rowcount: drivers disagree on rowcount for ON CONFLICT DO NOTHING.
-    return session.execute(stmt).first() is not None
+    table = model.__table__
+    # Core, one statement for the batch; RETURNING, not rowcount, because drivers disagree
+    # on rowcount for ON CONFLICT DO NOTHING.
+    stmt = dialect.insert(table).on_conflict_do_nothing().returning(table.c.id)
+    return len(session.execute(stmt, rows).all())
 
 
 def lock_rows(db: Database, stmt: Select[Any]) -> Select[Any]:
@@ -127,7 +131,8 @@ class Planner:
             contact = session.get(Contact, ev.contact_id) if ev.contact_id else None
             if contact is not None:
                 stats.stopped += self._apply_stops(session, ev, now)
-                stats.enrolled += self._apply_triggers(session, ev, contact, now)
+                rows = self._apply_triggers(session, ev, contact, now)
+                stats.enrolled += insert_ignore(session, self.db, Enrollment, rows)
                 if ev.type in RECHECK_EVENTS:
                     contact.check_at = now
             ev.handled_at = now
@@ -151,8 +156,10 @@ class Planner:
                 stopped += 1
         return stopped
 
-    def _apply_triggers(self, session: Session, ev: Event, contact: Contact, now: datetime) -> int:
-        started = 0
+    def _apply_triggers(
+        self, session: Session, ev: Event, contact: Contact, now: datetime
+    ) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
         for seq in self.by_trigger.get(ev.type, ()):
             assert seq.trigger is not None
             if blocked(contact, is_suppressed(session, contact.email)) is not None:
@@ -164,8 +171,8 @@ class Planner:
                 if not decision.eligible:
                     log.info("enrollment_skipped %s %s %s", seq.id, contact.email, decision)
                     continue
-            started += self._enroll(session, contact.id, seq.id, f"event-{ev.id}", now, ev.id)
-        return started
+            rows.append(self._enrollment(contact.id, seq.id, f"event-{ev.id}", now, ev.id))
+        return rows
 
     # -- audience ----------------------------------------------------------------------------
 
@@ -194,6 +201,7 @@ class Planner:
                 select(Suppression.email).where(Suppression.email.in_([c.email for c in contacts]))
             )
         )
+        rows: list[dict[str, Any]] = []
         for contact in contacts:
             recheck: list[datetime] = []
             for seq in self.audience_sequences:
@@ -208,40 +216,30 @@ class Planner:
                     last=PastEnrollment(runs[-1].status, runs[-1].started_at) if runs else None,
                 )
                 if decision.eligible:
-                    stats.enrolled += self._enroll(
-                        session, contact.id, seq.id, f"cycle-{len(runs) + 1}", now, None
-                    )
+                    key = f"cycle-{len(runs) + 1}"
+                    rows.append(self._enrollment(contact.id, seq.id, key, now, None))
                 elif decision.recheck_at is not None:
                     recheck.append(decision.recheck_at)
             contact.check_at = min(recheck) if recheck else None
+        stats.enrolled += insert_ignore(session, self.db, Enrollment, rows)
 
-    def _enroll(
-        self,
-        session: Session,
-        contact_id: int,
-        sequence_id: str,
-        key: str,
-        now: datetime,
-        event_id: int | None,
-    ) -> int:
-        created = insert_ignore(
-            session,
-            self.db,
-            Enrollment,
-            {
-                "contact_id": contact_id,
-                "sequence_id": sequence_id,
-                "key": key,
-                "status": "active",
-                "position": 0,
-                "next_at": now,
-                "trigger_event_id": event_id,
-                "started_at": now,
-            },
-        )
-        if created:
-            log.info("enrolled contact=%s sequence=%s key=%s", contact_id, sequence_id, key)
-        return int(created)
+    @staticmethod
+    def _enrollment(
+        contact_id: int, sequence_id: str, key: str, now: datetime, event_id: int | None
+    ) -> dict[str, Any]:
+        log.info("enroll contact=%s sequence=%s key=%s", contact_id, sequence_id, key)
+        return {
+            "contact_id": contact_id,
+            "sequence_id": sequence_id,
+            "key": key,
+            "status": "active",
+            "position": 0,
+            "next_at": now,
+            "trigger_event_id": event_id,
+            "started_at": now,
+            "reason": None,
+            "ended_at": None,
+        }
 
     def end_enrollment(
         self, session: Session, enrollment: Enrollment, status: str, reason: str, now: datetime
@@ -289,6 +287,7 @@ class Planner:
             )
         }
         sent = self._sent_messages(session, [e.id for e in due])
+        planned: list[dict[str, Any]] = []
         for enrollment in due:
             seq = self.sequences.get(enrollment.sequence_id)
             if seq is None:
@@ -303,7 +302,9 @@ class Planner:
                 sent.get(enrollment.id, {}),
                 now,
                 stats,
+                planned,
             )
+        stats.planned += insert_ignore(session, self.db, Message, planned)
 
     def _sent_messages(self, session: Session, ids: Seq[int]) -> dict[int, dict[str, Message]]:
         found: dict[int, dict[str, Message]] = defaultdict(dict)
@@ -320,6 +321,7 @@ class Planner:
         messages: dict[str, Message],
         now: datetime,
         stats: PlanStats,
+        planned: list[dict[str, Any]],
     ) -> None:
         assert enrollment.next_at is not None
         base = enrollment.next_at  # when the previous step finished: waits count from here
@@ -345,9 +347,7 @@ class Planner:
                 pos = pos + 1 if target is None else seq.index(target)
             else:
                 assert isinstance(step, SendStep)
-                stats.planned += self._plan_send(
-                    session, seq, step, enrollment, contact, messages, base
-                )
+                planned.append(self._plan_send(seq, step, enrollment, contact, messages, base))
                 enrollment.position, enrollment.next_at = pos + 1, None
                 return
         enrollment.status, enrollment.reason = "held", "branches loop without a wait or send"
@@ -371,42 +371,35 @@ class Planner:
 
     def _plan_send(
         self,
-        session: Session,
         seq: Sequence,
         step: SendStep,
         enrollment: Enrollment,
         contact: Contact,
         messages: dict[str, Message],
         base: datetime,
-    ) -> int:
+    ) -> dict[str, Any]:
+        """The outbox row for this step; its Message-ID is fixed here, once."""
         window = self.window_for(seq)
         due = next_open(base, window, self.zone_for(window, contact))
         in_reply_to = references = None
         if step.reply_to_previous and (parent := messages.get(step.reply_to_previous)):
             in_reply_to = parent.message_id
             references = " ".join(filter(None, [parent.references, parent.message_id]))
-        return int(
-            insert_ignore(
-                session,
-                self.db,
-                Message,
-                {
-                    "enrollment_id": enrollment.id,
-                    "contact_id": contact.id,
-                    "sequence_id": seq.id,
-                    "step_id": step.id,
-                    "message_id": make_message_id(self.domain),
-                    "ref": secrets.token_bytes(12),
-                    "in_reply_to": in_reply_to,
-                    "references": references,
-                    "status": "queued",
-                    "due_at": due,
-                    "attempts": 0,
-                    "fence": 0,
-                    "created_at": self.clock.now(),
-                },
-            )
-        )
+        return {
+            "enrollment_id": enrollment.id,
+            "contact_id": contact.id,
+            "sequence_id": seq.id,
+            "step_id": step.id,
+            "message_id": make_message_id(self.domain),
+            "ref": secrets.token_bytes(12),
+            "in_reply_to": in_reply_to,
+            "references": references,
+            "status": "queued",
+            "due_at": due,
+            "attempts": 0,
+            "fence": 0,
+            "created_at": self.clock.now(),
+        }
 
 
 def record_event(

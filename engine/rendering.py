@@ -28,6 +28,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import html as htmllib
+import itertools
 import math
 import os
 import re
@@ -384,6 +385,7 @@ _JINJA_TAG = re.compile(
     """,
     re.S | re.X,
 )
+_RAW_TAG = re.compile(r"\{%[-+]?\s*raw\b")
 # Resolved by the compile-time Jinja pass; everything else waits for the recipient.
 _STRUCTURAL = re.compile(
     r"\{%[-+]?\s*(?:extends|include|block|endblock)\b|\{\{[-+]?\s*super\(\s*\)\s*[-+]?\}\}\Z"
@@ -651,14 +653,25 @@ _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|mso-hide\s*:\s*all", re.I)
 
 
 class _TextExtractor(HTMLParser):
-    """Readable text from email HTML: paragraphs, "- " list items, links as "text (url)"."""
+    """Readable text from email HTML: paragraphs, "- " list items, links as "text (url)".
 
-    def __init__(self) -> None:
+    Markers matched by ``keep`` survive wherever they sit, in document order: in hidden
+    content, comments (MJML puts ``mj-raw`` between sections inside Outlook conditional
+    comments) and attributes too.
+    """
+
+    def __init__(self, keep: re.Pattern[str] | None = None) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
+        self._keep = keep
         self._stack: list[tuple[str, bool]] = []  # (tag, hides its content)
         self._hidden = 0
         self._links: list[tuple[str, int]] = []  # (href, index in parts where its text starts)
+
+    def _kept(self, text: str) -> str:
+        if self._keep is None:
+            return ""
+        return "".join(m.group() for m in self._keep.finditer(text))
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
@@ -666,6 +679,15 @@ class _TextExtractor(HTMLParser):
             hides = tag in _SKIP_TAGS or bool(_HIDDEN_STYLE.search(a.get("style", "")))
             self._stack.append((tag, hides))
             self._hidden += hides
+        # Attributes that do not reach the text still hold their markers.
+        shown = ""
+        if not self._hidden:
+            if tag == "a":
+                shown = "href"
+            elif tag == "img" and self._links and a.get("alt"):
+                shown = "alt"
+        if self._keep is not None:
+            self.parts += [self._kept(v) for k, v in attrs if k != shown and v]
         if self._hidden:
             return
         if tag == "br":
@@ -678,7 +700,7 @@ class _TextExtractor(HTMLParser):
             self.parts.append(" ")
         elif tag == "a":
             self._links.append((a.get("href", "").strip(), len(self.parts)))
-        elif tag == "img" and self._links and a.get("alt"):
+        elif shown:
             self.parts.append(a["alt"])
 
     def handle_endtag(self, tag: str) -> None:
@@ -697,13 +719,28 @@ class _TextExtractor(HTMLParser):
             href, start = self._links.pop()
             label = re.sub(r"\s+", " ", "".join(self.parts[start:])).strip()
             del self.parts[start:]
-            self.parts.append(_link_text(label, href))
+            link = _link_text(label, href)
+            # Markers of an href the text leaves out (mailto: queries, tel:) go before the label,
+            # where the href stood.
+            if self._keep is not None:
+                gone = [m.group() for m in self._keep.finditer(href) if m.group() not in link]
+                link = "".join(gone) + link
+            self.parts.append(link)
 
     def handle_data(self, data: str) -> None:
-        if not self._hidden:
+        if self._hidden:
+            self.parts.append(self._kept(data))
+        else:
             self.parts.append(re.sub(r"\s+", " ", data))
 
+    def handle_comment(self, data: str) -> None:
+        self.parts.append(self._kept(data))
+
+    handle_decl = unknown_decl = handle_pi = handle_comment
+
     def text(self) -> str:
+        for href, start in reversed(self._links):  # never closed: keep the href's markers
+            self.parts.insert(start, self._kept(href))
         lines = [line.strip() for line in "".join(self.parts).split("\n")]
         return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
 
@@ -721,9 +758,13 @@ def _link_text(label: str, href: str) -> str:
     return f"{label} ({target})"
 
 
-def html_to_text(markup: str) -> str:
-    """Readable plain text for ``markup`` (paragraphs, links as "text (url)", no CSS)."""
-    parser = _TextExtractor()
+def html_to_text(markup: str, keep: re.Pattern[str] | None = None) -> str:
+    """Readable plain text for ``markup`` (paragraphs, links as "text (url)", no CSS).
+
+    Whatever ``keep`` matches is kept in place even where the text drops the HTML around it
+    (hidden content, comments, attributes); the compile step passes the Jinja block tags.
+    """
+    parser = _TextExtractor(keep)
     parser.feed(markup)
     parser.close()
     return parser.text()
@@ -1144,14 +1185,41 @@ class Renderer:
             self._lint_names(c, str(twin), twin.read_text(encoding="utf-8"), self._text_env)
         else:
             c.text_name = f"{c.name} (text)"
-            try:
-                c.text = self._compile_jinja(
-                    self._text_env, restore(html_to_text(compiled_html)), path
+            derived = self._derive_text(compiled_html, tags)
+            if isinstance(derived, int):
+                at(
+                    derived,
+                    "the text part derived from the HTML cannot keep this Jinja tag in place; "
+                    "write a .txt twin",
                 )
+                return
+            try:
+                c.text = self._compile_jinja(self._text_env, restore(derived), path)
             except TemplateSyntaxError as exc:
                 problem(main, 1, 1, f"the derived text part is not valid Jinja: {exc.message}")
                 return
         self._lint_names(c, main, path.read_text(encoding="utf-8"), self._html_env)
+
+    def _derive_text(self, compiled_html: str, tags: Sequence[_Tag]) -> str | int:
+        """The text part (with placeholders) derived from ``compiled_html``, or the index of the
+        first Jinja block tag it could not keep in the HTML's order.
+
+        Block tags (if, for, set ...) must survive even where the text drops the HTML around
+        them, or the text part would render what the HTML guards (``reward.description``
+        under ``{% if reward %}`` with reward None).
+        """
+        structural = [str(i) for i, t in enumerate(tags) if t.block and not _RAW_TAG.match(t.text)]
+        if not structural:
+            return html_to_text(compiled_html)
+        keep = re.compile(self._placeholder.format(f"({'|'.join(structural)})"))
+        text = html_to_text(compiled_html, keep)
+        in_html = [int(m.group(1)) for m in keep.finditer(compiled_html)]
+        in_text = [int(m.group(1)) for m in keep.finditer(text)]
+        if in_html == in_text:
+            return text
+        pairs = enumerate(itertools.zip_longest(in_html, in_text))
+        first = next(i for i, (h, t) in pairs if h != t)
+        return in_html[first] if first < len(in_html) else in_text[first]
 
     def _mjml_error(
         self,

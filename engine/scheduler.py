@@ -118,6 +118,7 @@ async def tick(
             await transport.close()
     # Bounces recorded while sending stop their sequences now, not on the next tick.
     plan += planner.plan()
+    await asyncio.to_thread(engine.db.checkpoint)
     return TickResult(plan, sent)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from engine.clock import Clock
@@ -61,6 +61,71 @@ class SendStats:
 class Claimed:
     id: int
     fence: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """What rendering one claimed message needs, read for the whole batch in one go."""
+
+    message: Message
+    contact: Contact
+    trigger: Event | None
+    parent_subject: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Ready:
+    """A rendered message, ready for SMTP."""
+
+    recipient: str
+    subject: str
+    data: bytes
+
+
+# The per-message writes are prebuilt Core statements with bound parameters: they skip the
+# ORM's bulk-update machinery and statement construction, which cost more than SQLite itself.
+_messages = Message.__table__
+_enrollments = Enrollment.__table__
+_mine = and_(
+    _messages.c.id == bindparam("b_id"),
+    _messages.c.fence == bindparam("b_fence"),
+    _messages.c.status == "sending",
+)
+_EXTEND_LEASE = (
+    update(_messages)
+    .where(_mine, _messages.c.lease_until > bindparam("b_now"))
+    .values(lease_until=bindparam("b_until"))
+)
+_MARK_SENT = (
+    update(_messages)
+    .where(_mine)
+    .values(
+        status="sent",
+        sent_at=bindparam("b_now"),
+        # None keeps the subject already stored (a caller that did not render).
+        subject=func.coalesce(
+            bindparam("b_subject", type_=_messages.c.subject.type), _messages.c.subject
+        ),
+        lease_owner=None,
+        lease_until=None,
+        last_error=None,
+    )
+)
+# The next step's wait counts from the moment this email actually left.
+_START_NEXT_WAIT = (
+    update(_enrollments)
+    .where(
+        _enrollments.c.id
+        == select(_messages.c.enrollment_id)
+        .where(_messages.c.id == bindparam("b_id"))
+        .scalar_subquery(),
+        _enrollments.c.status == "active",
+        _enrollments.c.next_at.is_(None),
+    )
+    .values(next_at=bindparam("b_now"))
+)
+# Claimed rows are loaded this many at a time (bound parameters per IN list stay modest).
+LOAD_CHUNK = 500
 
 
 def contact_context(contact: Contact) -> dict[str, Any]:
@@ -185,6 +250,7 @@ class Sender:
     async def deliver(
         self, claimed: list[Claimed], stats: SendStats, stop: asyncio.Event | None
     ) -> None:
+        loaded = self._load(claimed)
         queue: asyncio.Queue[Claimed] = asyncio.Queue()
         for c in claimed:
             queue.put_nowait(c)
@@ -196,7 +262,7 @@ class Sender:
                 if stats.paused or (stop is not None and stop.is_set()):
                     untouched.append(c)
                     continue
-                await self._deliver_one(c, stats)
+                await self._deliver_one(c, loaded.get(c.id), stats)
 
         workers = max(1, min(self.settings.smtp.connections, len(claimed)))
         async with asyncio.TaskGroup() as group:
@@ -204,17 +270,19 @@ class Sender:
                 group.create_task(worker())
         self.release(untouched)
 
-    async def _deliver_one(self, c: Claimed, stats: SendStats) -> None:
-        prepared = self._prepare(c, stats)
-        if prepared is None:
+    async def _deliver_one(self, c: Claimed, loaded: _Loaded | None, stats: SendStats) -> None:
+        if loaded is None:  # re-claimed by another worker before this batch was loaded
+            stats.skipped += 1
             return
-        recipient, data = prepared
+        ready = self._prepare(c, loaded, stats)
+        if ready is None:
+            return
         if not self._still_mine(c):
             stats.skipped += 1
             log.warning("lease_lost message=%s fence=%s", c.id, c.fence)
             return
         try:
-            await self.transport.send(self.settings.sender.from_email, recipient, data)
+            await self.transport.send(self.settings.sender.from_email, ready.recipient, ready.data)
         except TemporaryFailure as exc:
             self._retry(c, exc, stats)
         except PolicyFailure as exc:
@@ -223,78 +291,76 @@ class Sender:
             self._fail(c, exc, stats)
         else:
             # The send happened; record it even if we are being cancelled meanwhile.
-            await asyncio.shield(self._record_sent(c, stats))
+            await asyncio.shield(self._record_sent(c, stats, ready.subject))
 
-    async def _record_sent(self, c: Claimed, stats: SendStats) -> None:
-        now = self.clock.now()
+    async def _record_sent(self, c: Claimed, stats: SendStats, subject: str | None = None) -> None:
+        """Mark the row sent (with the subject it went out with) and start the next wait."""
+        params = {"b_id": c.id, "b_fence": c.fence, "b_now": self.clock.now(), "b_subject": subject}
         with self.db.write() as session:
-            done = session.execute(
-                update(Message)
-                .where(Message.id == c.id, Message.fence == c.fence, Message.status == "sending")
-                .values(
-                    status="sent", sent_at=now, lease_owner=None, lease_until=None, last_error=None
-                )
-            ).rowcount
-            if not done:
+            if not session.execute(_MARK_SENT, params).rowcount:
                 stats.skipped += 1
                 return
-            enrollment_id = session.scalar(select(Message.enrollment_id).where(Message.id == c.id))
-            # The next step's wait counts from the moment this email actually left.
-            session.execute(
-                update(Enrollment)
-                .where(
-                    Enrollment.id == enrollment_id,
-                    Enrollment.status == "active",
-                    Enrollment.next_at.is_(None),
-                )
-                .values(next_at=now)
-            )
+            session.execute(_START_NEXT_WAIT, params)
         stats.sent += 1
 
     def _still_mine(self, c: Claimed) -> bool:
         """Fencing check right before SMTP: extend the lease only if nobody re-claimed the row."""
         now = self.clock.now()
+        params = {"b_id": c.id, "b_fence": c.fence, "b_now": now, "b_until": now + self.lease}
         with self.db.write() as session:
-            return bool(
-                session.execute(
-                    update(Message)
-                    .where(
-                        Message.id == c.id,
-                        Message.fence == c.fence,
-                        Message.status == "sending",
-                        Message.lease_until > now,
-                    )
-                    .values(lease_until=now + self.lease)
-                ).rowcount
-            )
+            return bool(session.execute(_EXTEND_LEASE, params).rowcount)
 
     # -- preparing ---------------------------------------------------------------------------
 
-    def _prepare(self, c: Claimed, stats: SendStats) -> tuple[str, bytes] | None:
-        """Render and build the MIME bytes; a render failure holds back this one email only."""
+    def _load(self, claimed: list[Claimed]) -> dict[int, _Loaded]:
+        """Message, contact, trigger event and parent subject of every claimed row, by id.
+
+        A few queries per batch instead of several per message; a row whose fence moved on
+        (claimed again meanwhile) is left out.
+        """
+        fences = {c.id: c.fence for c in claimed}
+        ids = list(fences)
+        found: list[tuple[Message, Contact, int | None]] = []
         with self.db.session() as session:
-            row = session.execute(
-                select(Message, Contact, Enrollment)
-                .join(Contact, Contact.id == Message.contact_id)
-                .join(Enrollment, Enrollment.id == Message.enrollment_id)
-                .where(Message.id == c.id, Message.fence == c.fence)
-            ).first()
-            if row is None:
-                stats.skipped += 1
-                return None
-            message, contact, enrollment = row
-            trigger = (
-                session.get(Event, enrollment.trigger_event_id)
-                if enrollment.trigger_event_id
-                else None
-            )
-            parent_subject = (
-                session.scalar(
-                    select(Message.subject).where(Message.message_id == message.in_reply_to)
+            for start in range(0, len(ids), LOAD_CHUNK):
+                rows = session.execute(
+                    select(Message, Contact, Enrollment.trigger_event_id)
+                    .join(Contact, Contact.id == Message.contact_id)
+                    .join(Enrollment, Enrollment.id == Message.enrollment_id)
+                    .where(Message.id.in_(ids[start : start + LOAD_CHUNK]))
                 )
-                if message.in_reply_to
-                else None
+                found.extend((m, ct, t) for m, ct, t in rows if m.fence == fences[m.id])
+            trigger_ids = sorted({t for _, _, t in found if t is not None})
+            triggers: dict[int, Event] = {}
+            for start in range(0, len(trigger_ids), LOAD_CHUNK):
+                chunk = trigger_ids[start : start + LOAD_CHUNK]
+                triggers.update(
+                    (e.id, e) for e in session.scalars(select(Event).where(Event.id.in_(chunk)))
+                )
+            parent_ids = sorted({m.in_reply_to for m, _, _ in found if m.in_reply_to})
+            subjects: dict[str, str | None] = {}
+            for start in range(0, len(parent_ids), LOAD_CHUNK):
+                chunk = parent_ids[start : start + LOAD_CHUNK]
+                subjects.update(
+                    session.execute(
+                        select(Message.message_id, Message.subject).where(
+                            Message.message_id.in_(chunk)
+                        )
+                    ).tuples()
+                )
+        return {
+            m.id: _Loaded(
+                m,
+                contact,
+                triggers.get(trigger_id) if trigger_id is not None else None,
+                subjects.get(m.in_reply_to) if m.in_reply_to else None,
             )
+            for m, contact, trigger_id in found
+        }
+
+    def _prepare(self, c: Claimed, loaded: _Loaded, stats: SendStats) -> _Ready | None:
+        """Render and build the MIME bytes; a render failure holds back this one email only."""
+        message, contact, trigger = loaded.message, loaded.contact, loaded.trigger
         seq = self.sequences.get(message.sequence_id)
         step = None
         if seq is not None:
@@ -319,6 +385,7 @@ class Sender:
         except TemplateError as exc:
             self._hold(c, f"render_failed: {exc}", stats, status="render_failed")
             return None
+        parent_subject = loaded.parent_subject
         subject = rendered.subject or (f"Re: {parent_subject}" if parent_subject else "")
         name = " ".join(filter(None, [contact.first_name, contact.last_name]))
         email = OutgoingEmail(
@@ -343,9 +410,7 @@ class Sender:
         except ValueError as exc:  # an address that cannot be sent to safely
             self._hold(c, f"invalid message: {exc}", stats, status="failed")
             return None
-        with self.db.write() as session:
-            session.execute(update(Message).where(Message.id == c.id).values(subject=subject))
-        return contact.email, data
+        return _Ready(contact.email, subject, data)
 
     # -- outcomes ----------------------------------------------------------------------------
 

@@ -311,3 +311,38 @@ def test_preview_renders_one_step(program: Project, tmp_path) -> None:  # type: 
     assert out_file.read_bytes().startswith(b"")
     assert b"List-Unsubscribe" in out_file.read_bytes()
     assert program.sink.messages == []
+
+
+BRANCHING = """
+id: ask
+name: Ask, then branch on the open
+audience: {kind: customer, nps: promoter}
+stop_when: [replied, unsubscribed, bounced]
+steps:
+  - id: ask
+    send: {template: ask.mjml, subject: "{{ contact.first_name }}, one question"}
+  - wait: 2d
+  - id: opened-it
+    branch: {if: opened, step: ask, then: reminder, else: end}
+  - id: reminder
+    send: {template: reminder.mjml, reply_to_previous: true}
+"""
+
+
+def test_branch_follows_the_open(make_project: Callable[..., Project]) -> None:
+    program = setup(make_project(shipped=False), {"ask": BRANCHING})
+    contacts(program, ANA, "bo@example.com,Bo,B,Bo Co,UTC,10,2026-01-01,2025-01-01,,en,customer")
+    program.cli("tick")
+    engine = program.engine()
+    from engine.planner import record_event
+
+    with engine.db.write() as s:
+        ana = s.scalars(select(Message).where(Message.step_id == "ask").order_by(Message.id)).first()
+        record_event(s, "opened", program.clock.now(), contact_id=ana.contact_id, message=ana)
+    engine.close()
+    program.clock.advance(timedelta(days=2, hours=1))
+    program.cli("tick")
+    subjects = [(m.rcpt_tos[0], m.message["Subject"]) for m in program.sink.messages]
+    assert ("ana@example.com", "Re: Ana, one question") in subjects
+    assert [r for r, _ in subjects].count("bo@example.com") == 1  # no open: the branch ended it
+    assert count(program, Enrollment, Enrollment.status == "completed") >= 1

@@ -13,6 +13,7 @@ import pytest
 
 from engine.errors import RenderTimeout, TemplateError
 from engine.rendering import Rendered, Renderer, TemplateProblem
+from engine.sequences import SendStep, Sequence, load_sequences
 from engine.settings import SenderSettings
 from engine.tokens import Links, Signer, Token
 
@@ -363,6 +364,63 @@ def test_the_txt_twin_is_used_when_present(templates: Path, renderer: Renderer) 
 # --- Jinja structure inside MJML --------------------------------------------------------------
 
 
+def test_derived_text_keeps_the_if_around_sections_in_a_wrapper(
+    templates: Path, renderer: Renderer
+) -> None:
+    # MJML puts an mj-raw between the sections of an mj-wrapper inside Outlook conditional
+    # comments: the text part must keep the guard all the same.
+    source = """<mjml><mj-body><mj-wrapper>
+  <mj-section><mj-column><mj-text>Before</mj-text></mj-column></mj-section>
+  <mj-raw>{% if reward %}</mj-raw>
+  <mj-section><mj-column><mj-text>Gift: {{ reward.description }}</mj-text></mj-column></mj-section>
+  <mj-raw>{% endif %}</mj-raw>
+  <mj-section><mj-column><mj-text>After</mj-text></mj-column></mj-section>
+</mj-wrapper></mj-body></mjml>
+"""
+    write(templates, "ask.mjml", source)
+    assert renderer.check("ask.mjml") == []
+    ctx = context()
+    without = renderer.render("ask.mjml", "x", {**ctx, "reward": None}, locale="en", ref=REF)
+    assert "Gift" not in without.html and "Gift" not in without.text
+    assert without.text.startswith("Before\n\nAfter")
+    gift = {**ctx, "reward": {"description": "a mug"}}
+    out = renderer.render("ask.mjml", "x", gift, locale="en", ref=REF)
+    assert "Gift: a mug" in out.html and out.text.startswith("Before\n\nGift: a mug\n\nAfter")
+
+
+def test_derived_text_keeps_block_tags_from_hidden_content_and_attributes(
+    templates: Path, renderer: Renderer
+) -> None:
+    body = (
+        "<mj-text>{% set who = contact.first_name %}"
+        '<span style="display:none">{% set who = who ~ "!" %}</span>'
+        '<a href="mailto:help@example.com?subject={% if contact.vip is defined %}VIP'
+        '{% endif %}">Write</a> to {{ who }}</mj-text>'
+    )
+    write(templates, "ask.mjml", mjml(body, head="<mj-preview>{% set who = 'x' %}</mj-preview>"))
+    assert renderer.check("ask.mjml") == []
+    out = render(renderer)
+    assert "Write (help@example.com) to Ana!" in out.text
+    assert "to Ana!" in out.html
+
+
+def test_a_derived_text_that_would_reorder_jinja_asks_for_a_twin(
+    templates: Path, renderer: Renderer
+) -> None:
+    # "label (url)" puts the label before the href: tags in both cannot keep their order.
+    body = (
+        '<mj-text><a href="https://example.com/{% if contact.vip is defined %}vip{% endif %}">'
+        "{% for i in [1] %}Go{% endfor %}</a></mj-text>"
+    )
+    path = write(templates, "ask.mjml", mjml(body))
+    problem = only(renderer.check("ask.mjml"), "write a .txt twin")
+    assert problem.path == str(path)
+    with pytest.raises(TemplateError, match="txt twin"):
+        render(renderer)
+    write(templates, "ask.txt", "Go: https://example.com/\n")
+    assert render(renderer).text.startswith("Go: https://t.example.com/c/")
+
+
 def test_if_around_sections_keeps_or_drops_them(templates: Path, renderer: Renderer) -> None:
     source = """<mjml>
 <mj-body>
@@ -493,3 +551,86 @@ def test_subjects_are_single_lines(templates: Path, renderer: Renderer) -> None:
     write(templates, "ask.mjml", mjml("<mj-text>x</mj-text>"))
     out = render(renderer, subject="Hi\r\n{{ contact.first_name }}\nBcc: x@example.com")
     assert out.subject == "Hi Ana Bcc: x@example.com"
+
+
+# --- the shipped templates --------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = sorted(p for p in (ROOT / "templates").glob("*.mjml") if not p.name.startswith("_"))
+FULL_CONTACT = {
+    "first_name": "Ana",
+    "last_name": "Lima",
+    "email": "ana@example.com",
+    "company": "Lima & Co",
+    "locale": "en",
+    "timezone": "Europe/Lisbon",
+    "kind": "customer",
+    "nps_score": 10,
+    "referral_code": "ANA42",
+    "plan": "pro",
+}
+FRIEND = {"friend_name": "Mia", "friend_email": "mia@example.com", "status": "converted"}
+GIFT = "a 50 EUR voucher"
+
+
+def shipped_steps() -> dict[str, list[tuple[Sequence, SendStep]]]:
+    """The shipped send steps by template file name."""
+    loaded = load_sequences(ROOT / "sequences")
+    assert loaded.errors == []
+    steps: dict[str, list[tuple[Sequence, SendStep]]] = {}
+    for sequence in loaded.sequences.values():
+        for step in sequence.send_steps():
+            steps.setdefault(step.template, []).append((sequence, step))
+    return steps
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Renderer:
+    links = Links(BASE, Signer("test-secret"))
+    return Renderer(ROOT / "templates", links=links, sender=SENDER)
+
+
+@pytest.mark.parametrize("minimal", [False, True], ids=["full", "minimal"])
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_template_renders(shipped: Renderer, path: Path, minimal: bool) -> None:
+    base, _, variant = path.name.removesuffix(".mjml").partition(".")
+    template, locale = f"{base}.mjml", variant or "en"
+    assert shipped.resolve(template, locale) == path
+    uses = shipped_steps().get(template) or [(None, None)]
+    for sequence, step in uses:
+        # What sender.py gives: a referral only for sequences started by a referral event.
+        trigger = sequence.trigger if sequence is not None else None
+        by_referral = trigger is not None and trigger.event.startswith("referral.")
+        subject = step.subject_for(locale) if step is not None else ""
+        if minimal:
+            ctx: dict[str, Any] = {
+                "contact": {"email": "ana@example.com", "referral_code": "ANA42"},
+                "referral": {"friend_name": "Mia"} if by_referral else None,
+                "reward": None,
+            }
+        else:
+            ctx = {
+                "contact": {**FULL_CONTACT, "locale": locale},
+                "referral": FRIEND if by_referral else None,
+                "reward": {"description": GIFT},
+            }
+        ctx |= {
+            "sequence": sequence.id if sequence else "none",
+            "step": step.id if step else "none",
+        }
+        if minimal and "{{ contact.first_name }}" in subject:
+            # Intended: no first name, no "<name>, who ..." subject (render_failed).
+            assert sequence is not None and sequence.id == "referral-ask"
+            with pytest.raises(TemplateError, match=r"\(subject\): 'first_name' is undefined"):
+                shipped.render(template, subject, ctx, locale=locale, ref=REF)
+            subject = ""
+        out = shipped.render(template, subject, ctx, locale=locale, ref=REF)
+        for part in (out.html, out.text):
+            assert "{{" not in part and "{%" not in part and "jjph" not in part
+            assert "/u/" in part  # the footer's unsubscribe link
+        assert out.html.rstrip().endswith("</html>") and len(out.text) > 200
+        source = path.read_text(encoding="utf-8")
+        gift_shown = not minimal and "reward.description" in source
+        assert (GIFT in out.html, GIFT in out.text) == (gift_shown, gift_shown)
+        if "referral.friend_name" in source:
+            assert "Mia" in out.html and "Mia" in out.text

@@ -27,6 +27,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # No checkpoint inside a writer's commit (it folds the whole WAL into the file, with an
+    # fsync, in the middle of planning or sending): the scheduler checkpoints between ticks,
+    # and SQLite checkpoints when the last connection closes.
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
     cursor.close()
 
 
@@ -94,6 +98,16 @@ class Database:
         """A session inside one write transaction: committed on success, rolled back on error."""
         with self.writers() as session, session.begin():
             yield session
+
+    def checkpoint(self) -> None:
+        """Fold SQLite's write-ahead log into the database file (between ticks, not mid-work)."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        raw = self.engine.raw_connection()
+        try:
+            raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            raw.close()
 
     def dispose(self) -> None:
         self.engine.dispose()
