@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--email", required=True, metavar="FRIEND")
     rc.add_argument("--value", metavar="AMOUNT")
 
+    ob = sub.add_parser("outbox", parents=[common], help="outbox maintenance")
+    osub = ob.add_subparsers(dest="action", required=True, metavar="ACTION")
+    orr = osub.add_parser(
+        "retry", parents=[common], help="requeue emails held by a template error, once it is fixed"
+    )
+    orr.add_argument("--sequence", help="only this sequence")
+
     rp = sub.add_parser("report", parents=[common], help="funnel and referral metrics")
     rp.add_argument("--format", choices=("table", "json", "csv"), default="table")
 
@@ -173,6 +180,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
                     name=getattr(args, "name", None),
                     value=value,
                 )
+            case "outbox":
+                return commands.retry_held(engine, args.sequence, console)
             case "report":
                 return commands.report(engine, args.format, console)
     finally:

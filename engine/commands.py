@@ -17,7 +17,7 @@ from engine.explain import explain_contact
 from engine.explain import simulate as simulate_timeline
 from engine.mime import OutgoingEmail, build_message
 from engine.referrals import add_referral, convert_referral
-from engine.reports import build_report, to_csv, to_json
+from engine.reports import COLUMNS, build_report, to_csv, to_json
 from engine.scheduler import Engine, TickResult, build_renderer, template_exists
 from engine.scheduler import run as run_loop
 from engine.scheduler import tick as one_tick
@@ -241,47 +241,35 @@ def referrals(
     return EXIT_OK
 
 
+def retry_held(engine: Engine, sequence: str | None, console: Console) -> int:
+    from engine.outbox import retry_held as requeue
+
+    count = requeue(engine.db, engine.clock.now(), sequence=sequence)
+    console.print(
+        f"requeued {count} held email(s); they go out on the next tick",
+        highlight=False,
+        markup=False,
+    )
+    return EXIT_OK
+
+
 def report(engine: Engine, fmt: str, console: Console) -> int:
-    data = build_report(engine.db, engine.sequences)
+    data = build_report(engine.db, engine.sequences, engine.clock.now())
     if fmt == "json":
         console.print_json(to_json(data))
         return EXIT_OK
     if fmt == "csv":
         console.out(to_csv(data), end="", highlight=False)
         return EXIT_OK
+    for alert in data.alerts:
+        console.print(f"[bold red]ALERT[/bold red] {alert}", highlight=False)
     table = Table(title="per sequence and step")
-    cols = (
-        "sequence",
-        "step",
-        "queued",
-        "sent",
-        "failed",
-        "held",
-        "bounced",
-        "opened",
-        "clicked",
-        "CTR",
-        "replied",
-        "unsub",
-    )
-    for col in cols:
+    for col in COLUMNS:
         table.add_column(col, justify="left" if col in {"sequence", "step"} else "right")
-    for r in data.steps:
-        ctr = f"{r.ctr:.0%}" if r.ctr is not None else "-"
-        table.add_row(
-            r.sequence,
-            r.step,
-            str(r.queued),
-            str(r.sent),
-            str(r.failed),
-            str(r.held),
-            str(r.bounced),
-            str(r.opened),
-            str(r.clicked),
-            ctr,
-            str(r.replied),
-            str(r.unsubscribed),
-        )
+    for row in data.as_dict()["steps"]:
+        ctr = row["ctr"]
+        row["ctr"] = "-" if ctr is None else f"{ctr:.0%}"
+        table.add_row(*(str(row[c]) for c in COLUMNS))
     console.print(table)
     rate = f"{data.conversion_rate:.0%}" if data.conversion_rate is not None else "-"
     console.print(

@@ -130,12 +130,23 @@ class Planner:
         for ev in events:
             contact = session.get(Contact, ev.contact_id) if ev.contact_id else None
             if contact is not None:
+                self._apply_contact_state(session, ev, contact)
                 stats.stopped += self._apply_stops(session, ev, now)
                 rows = self._apply_triggers(session, ev, contact, now)
                 stats.enrolled += insert_ignore(session, self.db, Enrollment, rows)
                 if ev.type in RECHECK_EVENTS:
                     contact.check_at = now
             ev.handled_at = now
+
+    @staticmethod
+    def _apply_contact_state(session: Session, ev: Event, contact: Contact) -> None:
+        """Whoever recorded an unsubscribe or a complaint, the contact's state follows it."""
+        if ev.type == "unsubscribed" and contact.unsubscribed_at is None:
+            contact.unsubscribed_at = ev.occurred_at
+        elif ev.type == "complained" and not is_suppressed(session, contact.email):
+            session.add(
+                Suppression(email=contact.email, reason="complaint", created_at=ev.occurred_at)
+            )
 
     def _apply_stops(self, session: Session, ev: Event, now: datetime) -> int:
         hard = ev.type == "bounced" and bool((ev.data or {}).get("hard"))

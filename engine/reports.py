@@ -6,13 +6,14 @@ import csv
 import io
 import json
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, case, distinct, func, or_, select
 
 from engine.sequences import SendStep, Sequence
 from engine.store.db import Database
-from engine.store.models import Event, Message, Referral
+from engine.store.models import Alert, Event, Message, Referral
 
 ENGAGEMENT = ("opened", "clicked", "replied", "unsubscribed", "bounced")
 
@@ -45,6 +46,7 @@ class Report:
     referrals: int = 0
     converted: int = 0
     referral_value: float = 0.0
+    alerts: list[str] = field(default_factory=list)  # what a person must look at now
 
     @property
     def conversion_rate(self) -> float | None:
@@ -52,6 +54,7 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "alerts": self.alerts,
             "steps": [{**asdict(s), "ctr": s.ctr} for s in self.steps],
             "referrals": {
                 "asked": self.asked,
@@ -63,11 +66,17 @@ class Report:
         }
 
 
-def build_report(db: Database, sequences: dict[str, Sequence]) -> Report:
+def build_report(db: Database, sequences: dict[str, Sequence], now: datetime) -> Report:
     """Count outbox states and engagement per sequence and step, and the referral funnel."""
     report = Report()
     rows: dict[tuple[str, str], StepRow] = {}
     with db.session() as session:
+        report.alerts = [
+            a.message
+            for a in session.scalars(
+                select(Alert).where(Alert.pause_until > now).order_by(Alert.created_at)
+            )
+        ]
         status_counts = session.execute(
             select(Message.sequence_id, Message.step_id, Message.status, func.count()).group_by(
                 Message.sequence_id, Message.step_id, Message.status

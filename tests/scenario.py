@@ -93,3 +93,45 @@ def contacts(project: Project, *rows: str) -> None:
 
 def sent_to(project: Project) -> list[str]:
     return [m.rcpt_tos[0] for m in project.sink.messages]
+
+
+def record(project: Project, event: str, *, to: str | None = None, step: str | None = None) -> None:
+    """Record ``event`` about the latest email (to ``to``, of ``step``), as the tracking app or
+    the IMAP poller would."""
+    from sqlalchemy import select
+
+    from engine.planner import record_event
+    from engine.store.models import Contact, Message
+
+    engine = project.engine()
+    query = select(Message).order_by(Message.id.desc()).limit(1)
+    if step is not None:
+        query = query.where(Message.step_id == step)
+    if to is not None:
+        query = query.join(Contact, Contact.id == Message.contact_id).where(Contact.email == to)
+    with engine.db.write() as session:
+        message = session.scalars(query).one()
+        record_event(
+            session, event, project.clock.now(), contact_id=message.contact_id, message=message
+        )
+    engine.close()
+
+
+def engine_command(project: Project, *args: str) -> tuple[list[str], dict[str, str]]:
+    """`python -m engine` with this project's settings and clock, for a subprocess."""
+    import os
+    import sys
+
+    from tests.conftest import ROOT
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "engine",
+        "--settings",
+        str(project.settings_path),
+        "--now",
+        project.clock.now().isoformat(),
+        *args,
+    ]
+    return cmd, {**os.environ, "PYTHONPATH": str(ROOT)}

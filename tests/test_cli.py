@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 
 import pytest
 
 from tests.conftest import ROOT, Project
-from tests.scenario import ASK, TEMPLATES, contacts, setup
+from tests.scenario import ASK, TEMPLATES, contacts, engine_command, setup
 
 ANA = "ana@example.com,Ana,Lima,Lima Co,UTC,10,2026-01-01,2025-01-01,,en,customer"
 
@@ -103,25 +101,9 @@ def test_explain_lists_every_sequence(program: Project) -> None:
 @pytest.mark.slow
 def test_run_sends_and_stops_cleanly_on_sigterm(program: Project) -> None:
     contacts(program, ANA)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd, env = engine_command(program, "run", "--interval", "0.2")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "engine",
-            "--settings",
-            str(program.settings_path),
-            "--now",
-            program.clock.now().isoformat(),
-            "run",
-            "--interval",
-            "0.2",
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
         program.sink.wait_for(1, timeout=30)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
@@ -17,7 +15,7 @@ from engine.sender import SendStats
 from engine.store.models import Message
 from engine.transport import SmtpTransport
 from tests.conftest import ROOT, Project
-from tests.scenario import HEADER, contacts, setup
+from tests.scenario import HEADER, contacts, engine_command, setup
 
 
 def promoters(n: int) -> list[str]:
@@ -79,17 +77,8 @@ def test_kill_9_in_the_middle_of_a_batch_loses_nothing(program: Project) -> None
     n = 12
     contacts(program, *promoters(n))
     program.sink.delay_seconds = 0.15
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ENGINE_SMTP_CONNECTIONS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "engine",
-        "--settings",
-        str(program.settings_path),
-        "--now",
-        program.clock.now().isoformat(),
-        "tick",
-    ]
+    cmd, env = engine_command(program, "tick")
+    env["ENGINE_SMTP_CONNECTIONS"] = "1"
     proc = subprocess.Popen(
         cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )

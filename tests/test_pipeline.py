@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from engine.store.models import Alert, Enrollment, Message, Suppression
 from tests.conftest import Project
-from tests.scenario import contacts, sent_to, setup
+from tests.scenario import TEMPLATES, contacts, record, sent_to, setup
 
 ANA = "ana@example.com,Ana,Lima,Lima Co,UTC,10,2026-01-01,2025-01-01,,en,customer"
 DANA = "dana@example.com,Dana,Reyes,Reyes Co,UTC,3,2026-01-01,2025-01-01,,en,customer"
@@ -102,15 +102,7 @@ def test_reminder_continues_the_thread_after_three_days(program: Project) -> Non
 def test_reply_stops_the_sequence(program: Project) -> None:
     contacts(program, ANA)
     program.cli("tick")
-    engine = program.engine()
-    from engine.planner import record_event
-
-    with engine.db.write() as s:
-        message = s.scalars(select(Message)).one()
-        record_event(
-            s, "replied", program.clock.now(), contact_id=message.contact_id, message=message
-        )
-    engine.close()
+    record(program, "replied")
     program.clock.advance(timedelta(days=4))
     program.cli("tick")
     assert len(program.sink.messages) == 1
@@ -252,21 +244,11 @@ def test_policy_rejection_pauses_sending_and_keeps_the_contact(program: Project)
 def test_unsubscribed_contact_is_never_sent_to(program: Project) -> None:
     contacts(program, ANA)
     program.cli("tick")
-    engine = program.engine()
-    from engine.planner import record_event
-
-    with engine.db.write() as s:
-        message = s.scalars(select(Message)).one()
-        record_event(
-            s, "unsubscribed", program.clock.now(), contact_id=message.contact_id, message=message
-        )
-        from engine.store.models import Contact
-
-        s.get(Contact, message.contact_id).unsubscribed_at = program.clock.now()
-    engine.close()
+    record(program, "unsubscribed")
     program.clock.advance(timedelta(days=200))
     program.cli("tick")
     assert len(program.sink.messages) == 1
+    assert count(program, Enrollment, Enrollment.status == "stopped") == 1
 
 
 def test_import_reports_bad_rows_and_keeps_the_rest(program: Project) -> None:
@@ -333,16 +315,46 @@ def test_branch_follows_the_open(make_project: Callable[..., Project]) -> None:
     program = setup(make_project(shipped=False), {"ask": BRANCHING})
     contacts(program, ANA, "bo@example.com,Bo,B,Bo Co,UTC,10,2026-01-01,2025-01-01,,en,customer")
     program.cli("tick")
-    engine = program.engine()
-    from engine.planner import record_event
-
-    with engine.db.write() as s:
-        ana = s.scalars(select(Message).where(Message.step_id == "ask").order_by(Message.id)).first()
-        record_event(s, "opened", program.clock.now(), contact_id=ana.contact_id, message=ana)
-    engine.close()
+    record(program, "opened", to="ana@example.com", step="ask")
     program.clock.advance(timedelta(days=2, hours=1))
     program.cli("tick")
     subjects = [(m.rcpt_tos[0], m.message["Subject"]) for m in program.sink.messages]
     assert ("ana@example.com", "Re: Ana, one question") in subjects
     assert [r for r, _ in subjects].count("bo@example.com") == 1  # no open: the branch ended it
     assert count(program, Enrollment, Enrollment.status == "completed") >= 1
+
+
+def test_held_email_goes_out_once_the_template_is_fixed(program: Project) -> None:
+    program.write(
+        "templates/ask.mjml",
+        TEMPLATES["ask.mjml"].replace("{{ contact.first_name }}", "{{ contact.frist_name }}"),
+    )
+    contacts(program, ANA)
+    code, out = program.cli("tick")
+    assert "frist_name" in out and program.sink.messages == []
+    engine = program.engine()
+    with engine.db.session() as s:
+        message_id = s.scalars(select(Message.message_id)).one()
+    engine.close()
+    program.write("templates/ask.mjml", TEMPLATES["ask.mjml"])
+    code, out = program.cli("outbox", "retry")
+    assert code == 0 and "requeued 1" in out
+    program.cli("tick")
+    assert sent_to(program) == ["ana@example.com"]
+    assert program.sink.messages[0].message["Message-ID"] == message_id
+    program.clock.advance(timedelta(days=3))
+    program.cli("tick")
+    assert len(program.sink.messages) == 2  # the sequence carried on after the fix
+
+
+def test_report_shows_the_alert_while_sending_is_paused(program: Project) -> None:
+    program.sink.rcpt_responses["ana@example.com"] = (
+        "554 5.7.1 Service unavailable; client host blocked"
+    )
+    contacts(program, ANA)
+    program.cli("tick")
+    _, out = program.cli("report")
+    assert "ALERT" in out and "paused" in out
+    program.clock.advance(timedelta(hours=2))
+    _, out = program.cli("report")
+    assert "ALERT" not in out
