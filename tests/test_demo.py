@@ -1,0 +1,52 @@
+"""The README's first command must keep working: the demo, end to end, as a subprocess."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+@pytest.mark.slow
+def test_demo_plays_a_program_and_keeps_every_email(tmp_path: Path) -> None:
+    out_dir = tmp_path / "demo"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "demo",
+            "--dir",
+            str(out_dir),
+            "--weeks",
+            "5",
+            "--speed",
+            str(7 * 86400 / 1.5),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    for moment in ("Layla replies", "Ana introduces Mia", "Mia becomes a customer"):
+        assert moment in out
+    assert "who got what" in out and "referral funnel" in out
+    assert "converted 1" in out
+    files = sorted((out_dir / "mail").glob("*.eml"))
+    assert len(files) >= 10
+    subjects = {
+        str(email.message_from_bytes(f.read_bytes(), policy=email.policy.default)["Subject"])
+        for f in files
+    }
+    assert any("Mia" in s for s in subjects)  # the thank-you names the friend
+    assert not any(f.name.endswith("old.address@example.com.eml") for f in files)  # bounced
