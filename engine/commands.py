@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 
@@ -57,7 +58,8 @@ def validate(settings: Settings, paths: list[Path], console: Console) -> int:
                 problems += [str(p) for p in renderer.check(template)]
             step = next(s for s in seq.steps if s.id == step_id)
             assert isinstance(step, SendStep)
-            subjects = step.subject.values() if isinstance(step.subject, dict) else [step.subject]
+            subject = step.subject
+            subjects = list(subject.values()) if isinstance(subject, Mapping) else [subject]
             for subject in subjects:
                 if (msg := renderer.check_subject(subject)) is not None:
                     problems.append(f"{seq.path}:{line}:{col}: subject of step {step_id}: {msg}")

@@ -45,7 +45,7 @@ BOUNCING = "old.address@example.com"
 class Moment:
     at: timedelta
     what: str
-    act: Callable[[Engine, datetime], None]
+    act: Callable[[Engine, datetime], object]
 
 
 def _reply(engine: Engine, now: datetime, who: str) -> None:

@@ -100,8 +100,9 @@ def build_report(db: Database, sequences: dict[str, Sequence], now: datetime) ->
             .where(Event.message_id.is_not(None), Event.type.in_(ENGAGEMENT))
             .group_by(Event.sequence_id, Event.step_id)
         ).all()
-        for seq_id, step_id, *counts in engaged:
-            row = rows.setdefault((seq_id, step_id), StepRow(seq_id, step_id))
+        for event_seq, event_step, *counts in engaged:
+            key = (str(event_seq), str(event_step))  # set on every event with a message
+            row = rows.setdefault(key, StepRow(*key))
             for name, count in zip(ENGAGEMENT, counts, strict=True):
                 setattr(row, name, count)
         ask_steps = [

@@ -7,6 +7,7 @@ PostgreSQL compare them the same way.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -175,7 +176,7 @@ class Referral(Base):
     )
     channel: Mapped[str] = mapped_column(String(16), default="cli")
     status: Mapped[str] = mapped_column(String(16), default="introduced")
-    value: Mapped[float | None] = mapped_column(Numeric(12, 2))
+    value: Mapped[Decimal | None] = mapped_column(Numeric(12, 2))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     converted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
