@@ -9,14 +9,19 @@ Compile (once per template file, cached by path + mtime + size, and the files it
    wrapped in ``mj-raw`` so MJML keeps them where they were;
 3. MJML -> HTML (mjml-python), then the placeholders are put back: the result is a Jinja
    template of the final HTML. A placeholder MJML dropped or duplicated is a problem located at
-   the original tag (``check`` lists them, fatal ones also stop ``render``);
+   the original tag (``check`` lists them, fatal ones also stop ``render``). Its ``<a href>``
+   links are tracked by the template itself: a static http(s) URL becomes a filter call that
+   writes this email's click-tracking URL, an href built per recipient is wrapped in a filter
+   block that decides on the rendered value; a template that may write links of its own
+   (``|safe``, ``{% autoescape false %}`` ...) has its output scanned instead;
 4. the plain-text part is the ``.txt`` twin when there is one, else text derived from that HTML
-   (paragraphs, "text (url)" links), also a Jinja template.
+   (paragraphs, "text (url)" links) that keeps every Jinja statement in the HTML's order, also
+   a Jinja template.
 
-Render (per recipient) is Jinja only: HTML (autoescaped) and text and subject (not escaped),
-then one pass that points http(s) ``<a href>`` links (and bare URLs in the text) at the click
-tracker, then the footer (postal address, unsubscribe link in the contact's language) and the
-open pixel are appended.
+Render (per recipient) is Jinja only: HTML (autoescaped), text and subject (not escaped), bare
+URLs of the text part pointed at the click tracker, then the footer (postal address,
+unsubscribe link in the contact's language) and the open pixel. A template's files are looked
+at again for edits at most once per ``reload_interval``.
 
 Runaway templates are stopped without threads: the sandbox refuses private attributes, every
 call, ``for`` loop and ``range`` checks a per-render deadline, operators and string methods
@@ -59,10 +64,12 @@ from jinja2 import (
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.environment import Environment
 from jinja2.exceptions import SecurityError
+from jinja2.filters import do_urlencode
 from jinja2.nodes import EvalContext
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Cycler, Joiner, Namespace, missing
+from markupsafe import escape
 
 from engine.errors import RenderTimeout, TemplateError
 from engine.settings import SenderSettings
@@ -231,6 +238,8 @@ _AMPLIFYING_FILTERS = (
 )
 _WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
 _GUARD_FILTER = "_engine_guard"
+_CLICK_FILTER = "_engine_click"  # {{ "https://..." | _engine_click }}: a static link, tracked
+_HREF_FILTER = "_engine_href"  # {% filter _engine_href %}: an href computed per recipient
 _JINJA_KWARGS = frozenset({"_loop_vars", "_block_vars"})
 
 
@@ -249,6 +258,26 @@ class _GuardedCodeGenerator(CodeGenerator):
         super().visit_Concat(node, frame)
         self.write(")")
 
+    def _output_child_pre(
+        self, node: nodes.Expr, frame: Frame, finalize: CodeGenerator._FinalizeInfo
+    ) -> None:
+        if frame.eval_ctx.autoescape and not frame.eval_ctx.volatile:
+            self.write("environment.escape_output(")
+            if finalize.src is not None:
+                self.write(finalize.src)
+        else:
+            super()._output_child_pre(node, frame, finalize)
+
+
+def _escape_output(value: Any) -> Any:
+    """What ``{{ value }}`` writes in HTML: markupsafe's escape, except that a str with nothing
+    to escape (names, URLs: most values) is written as it is instead of copied into a Markup."""
+    if value.__class__ is str and not (
+        "&" in value or "<" in value or ">" in value or '"' in value or "'" in value
+    ):
+        return value
+    return escape(value)
+
 
 class _Undefined(StrictUndefined):
     """StrictUndefined naming the missing key (``'company' is undefined``), not ``dict object``."""
@@ -262,12 +291,27 @@ class _Undefined(StrictUndefined):
         return super()._undefined_message
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """The one Jinja environment class: sandbox + budget (see the module docstring)."""
+# urlencode as Jinja does it (UTF-8, "/" kept), by table: about twice as fast as urllib's quote.
+_URL_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/")
+_URL_QUOTED = [chr(b) if b in _URL_SAFE else f"%{b:02X}" for b in range(256)]
+
+
+def _urlencode(value: Any) -> str:
+    if type(value) is str:
+        return "".join(map(_URL_QUOTED.__getitem__, value.encode("utf-8")))
+    return do_urlencode(value)  # dicts, pairs and other types: Jinja's own rules
+
+
+class Sandbox(ImmutableSandboxedEnvironment):
+    """The Jinja environment of every template: sandbox + budget (see the module docstring).
+
+    Public so that tools and benchmarks render with exactly the engine's rules.
+    """
 
     code_generator_class = _GuardedCodeGenerator
     intercepted_binops = frozenset({"*", "**", "+", "%"})
     capped = staticmethod(_capped)
+    escape_output = staticmethod(_escape_output)
 
     def __init__(self, **options: Any) -> None:
         super().__init__(undefined=_Undefined, **options)
@@ -278,6 +322,9 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         for name in _AMPLIFYING_FILTERS:
             self.filters[name] = _safe_filter(name, self.filters[name])
         self.filters[_GUARD_FILTER] = _guard
+        self.filters["urlencode"] = _urlencode
+        self.filters[_CLICK_FILTER] = _click_filter
+        self.filters[_HREF_FILTER] = _href_filter
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
@@ -333,19 +380,24 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return _capped(super().call(context, obj, *args, **kwargs))
 
 
-def _render_part(template: Template, variables: dict[str, Any]) -> str:
-    """Render with the output cap (the deadline is set by the caller)."""
+def _render_part(template: Template, variables: dict[str, Any]) -> list[str]:
+    """Render with the output cap (the deadline is set by the caller): the output's pieces.
+
+    ``variables`` already holds the environment's globals: Jinja uses it as it is (shared),
+    without copying it for every part.
+    """
     parts: list[str] = []
+    append = parts.append
     size = 0
     try:
-        for chunk in template.root_render_func(template.new_context(variables)):
+        for chunk in template.root_render_func(template.new_context(variables, shared=True)):
             size += len(chunk)
             if size > MAX_OUTPUT_CHARS:
                 raise _too_big("the rendered output")
-            parts.append(chunk)
+            append(chunk)
     except Exception:
         template.environment.handle_exception()  # re-raises, traceback in template lines
-    return "".join(parts)
+    return parts
 
 
 # --- locales --------------------------------------------------------------------------------
@@ -736,7 +788,8 @@ class _TextExtractor(HTMLParser):
     def handle_comment(self, data: str) -> None:
         self.parts.append(self._kept(data))
 
-    handle_decl = unknown_decl = handle_pi = handle_comment
+    def unknown_decl(self, data: str) -> None:  # <![if !mso]>, <![CDATA[...]]>
+        self.parts.append(self._kept(data))
 
     def text(self) -> str:
         for href, start in reversed(self._links):  # never closed: keep the href's markers
@@ -780,6 +833,69 @@ _HREF_ANY_CASE = re.compile(r"(?<![\w-])href(?=\s*=)", re.I)
 _TEXT_URL = re.compile(r"""https?://[^\s<>"'()\[\]{}]+""")
 _TRAILING_PUNCT = ".,;:!?"
 _BLANK_LINES = re.compile(r"\n{3,}")
+# Compile time: the first attribute named href of an <a> tag, and its value (groups 2, 3, 4).
+_LINK_TAG = re.compile(r"<a[ \t\r\n\f][^>]*>")
+_TAG_ATTR = re.compile(r"""([^\s=/>"']+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+)))?""")
+# Filters that turn data into markup (and the tags that switch escaping off): a template using
+# them may write <a href> tags no compile-time analysis can see, so its output is scanned.
+_MARKUP_FILTERS = frozenset({"safe", "urlize", "xmlattr"})
+_OPAQUE_NODES = (
+    nodes.FilterBlock,
+    nodes.EvalContextModifier,
+    nodes.Import,
+    nodes.FromImport,
+)
+_HTTP = ("http://", "https://")
+
+
+class _Clicks:
+    """One email's click tracking: one token per destination, shared by its HTML and text."""
+
+    __slots__ = ("_links", "_ref", "_tracked")
+
+    def __init__(self, links: Links, ref: bytes) -> None:
+        self._links = links
+        self._ref = ref
+        self._tracked: dict[str, str] = {}
+
+    def url(self, destination: str) -> str:
+        """The click-tracking URL that redirects to ``destination``."""
+        tracked = self._tracked.get(destination)
+        if tracked is None:
+            tracked = self._tracked[destination] = self._links.click(self._ref, destination)
+        return tracked
+
+    def is_ours(self, url: str) -> bool:
+        return self._links.is_tracking(url)
+
+
+# The render in progress's clicks (set by Renderer.render around its Jinja calls).
+_CLICKS: ContextVar[_Clicks] = ContextVar("render_clicks")
+
+
+def _click_filter(url: str) -> str:
+    """A static link's destination (decoded at compile time) -> this email's tracking URL."""
+    return _CLICKS.get().url(url)
+
+
+def _href_filter(value: str) -> str:
+    """A per-recipient ``<a href>`` value, as rendered (escaped): the tracking URL instead when
+    it is an http(s) URL that is not ours. Filter blocks are not escaped again: escape here."""
+    core = str(value).strip()
+    if not core.startswith(_HTTP):
+        return value
+    url = htmllib.unescape(core) if "&" in core else core
+    clicks = _CLICKS.get()
+    if clicks.is_ours(url):
+        return value
+    return escape(clicks.url(url))
+
+
+def _jinja_string(text: str) -> str:
+    """``text`` as a Jinja string literal (Jinja decodes literals with unicode-escape)."""
+    for char, escaped in (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r")):
+        text = text.replace(char, escaped)
+    return f'"{text}"'
 
 
 # --- what templates see as ``links`` --------------------------------------------------------
@@ -808,9 +924,12 @@ class TemplateLinks:
     @property
     def referral(self) -> str:
         """The personal referral page (needs ``contact.referral_code``)."""
-        if not self._code:
-            raise UndefinedError("'referral_code' is undefined (links.referral needs it)")
-        return self._links.referral(self._code)
+        url = self._memo.get("referral")
+        if url is None:
+            if not self._code:
+                raise UndefinedError("'referral_code' is undefined (links.referral needs it)")
+            url = self._memo["referral"] = self._links.referral(self._code)
+        return url
 
     @property
     def intro_form(self) -> str:
@@ -859,6 +978,7 @@ class _Compiled:
     rtl: Template | None = None
     text: Template | None = None
     text_name: str = ""
+    scan: bool = True  # links tracked by scanning the output, not by the template itself
 
 
 def _file_key(path: str | Path) -> tuple[int, int] | None:
@@ -940,7 +1060,9 @@ class Renderer:
 
     ``links`` builds every tracking URL (also exposed as ``renderer.links``); ``sender`` fills
     ``sender`` in templates and the footer's postal address; ``render_timeout`` is the time
-    budget in seconds of one ``render`` call (a runaway template raises RenderTimeout).
+    budget in seconds of one ``render`` call (a runaway template raises RenderTimeout);
+    ``reload_interval`` is how long (seconds) ``render`` trusts a template it has checked before
+    checking its files for edits again (0: on every render; ``check`` always looks).
     Thread-safe: compiles are serialised, renders share nothing mutable.
     """
 
@@ -951,10 +1073,12 @@ class Renderer:
         links: Links,
         sender: SenderSettings,
         render_timeout: float = 2.0,
+        reload_interval: float = 1.0,
     ) -> None:
         self.templates_dir = Path(templates_dir).resolve()
         self.links = links
         self._timeout = render_timeout
+        self._reload_interval = reload_interval
         self._sender = {
             "from_name": sender.from_name,
             "from_email": sender.from_email,
@@ -963,8 +1087,8 @@ class Renderer:
         }
         self._postal = sender.postal_address
         loader = FileSystemLoader(str(self.templates_dir))
-        self._html_env = _Sandbox(loader=loader, autoescape=True, auto_reload=True)
-        self._text_env = _Sandbox(
+        self._html_env = Sandbox(loader=loader, autoescape=True, auto_reload=True)
+        self._text_env = Sandbox(
             loader=loader,
             autoescape=False,
             auto_reload=True,
@@ -972,12 +1096,17 @@ class Renderer:
             lstrip_blocks=True,
             keep_trailing_newline=True,
         )
+        # Every part's variables start from these (the same in both environments).
+        self._globals = dict(self._html_env.globals)
         self._nonce = secrets.token_hex(4)
         self._placeholder = "jjph" + self._nonce + "x{}x"
         self._placeholder_re = re.compile("jjph" + self._nonce + r"x(\d+)x")
         self._cache: dict[Path, _Compiled] = {}
         self._candidates: dict[tuple[str, str | None], tuple[Path, ...]] = {}
+        # (template, locale) -> (when its files were last checked, what they compiled to)
+        self._checked: dict[tuple[str, str | None], tuple[float, _Compiled]] = {}
         self._subjects: dict[str, Template] = {}
+        self._locales: dict[str | None, str | None] = {}  # as given -> normalized
         self._footers: dict[str, tuple[str, str, str]] = {}
         self._lock = threading.Lock()
         self.compile_count = 0  # MJML compilations so far (compile once, render many)
@@ -1018,6 +1147,20 @@ class Renderer:
                 return path, key
         tried = ", ".join(p.name for p in candidates)
         raise TemplateError(f"{template}: template not found (looked for {tried})")
+
+    def _compiled(self, template: str, locale: str | None) -> _Compiled:
+        """The compiled template for an already normalized ``locale``; its files are looked at
+        (a few stat calls, ~4 us each) once per reload_interval, not for every email."""
+        key = (template, locale)
+        now = time.monotonic()
+        found = self._checked.get(key)
+        if found is not None and now - found[0] < self._reload_interval:
+            return found[1]
+        compiled = self._get(*self._locate(template, locale))
+        if len(self._checked) > 4096:
+            self._checked.clear()
+        self._checked[key] = (now, compiled)
+        return compiled
 
     def resolve(self, template: str, locale: str | None) -> Path:
         """The file for ``locale``: ``x.pt-BR.mjml``, then ``x.pt.mjml``, then ``x.mjml``."""
@@ -1063,7 +1206,7 @@ class Renderer:
                 c.error = found
 
         # 1. flatten includes / inheritance with every other tag protected
-        flattener = _Sandbox(loader=loader, autoescape=False, keep_trailing_newline=True)
+        flattener = Sandbox(loader=loader, autoescape=False, keep_trailing_newline=True)
         token = _DEADLINE.set(time.perf_counter() + self._timeout)
         try:
             flat = flattener.get_template(c.name).render()
@@ -1163,15 +1306,23 @@ class Renderer:
         # 4. back to Jinja: one template per direction, plus the text part
         compiled_html = _LINK_TAG_ANY_CASE.sub(_lower_link_tag, compiled_html)
         lang_ph = self._placeholder.format(len(tags))
-        restore = _Restorer([*tags, _Tag("{{ lang }}", main, 0, 0, False)], self._placeholder_re)
+        with_lang = [*tags, _Tag("{{ lang }}", main, 0, 0, False)]
+        restore = _Restorer(with_lang, self._placeholder_re)
         try:
-            c.html = self._compile_jinja(
-                self._html_env, restore(_set_root_attrs(compiled_html, lang_ph, "ltr")), path
-            )
+            ast = self._html_env.parse(restore(compiled_html))
         except TemplateSyntaxError as exc:
             problem(main, 1, 1, f"MJML moved Jinja tags out of order: {exc.message}")
             return
-        c.rtl_source = restore(_mirror(_set_root_attrs(compiled_html, lang_ph, "rtl")))
+        # Links are tracked in the template itself unless it may write links of its own.
+        slotted = None
+        if not self._writes_markup(ast, tags):
+            slotted = self._slot_links(compiled_html, with_lang)
+        c.scan = slotted is None
+        markup, restore_html = slotted or (compiled_html, restore)
+        c.html = self._compile_jinja(
+            self._html_env, restore_html(_set_root_attrs(markup, lang_ph, "ltr")), path
+        )
+        c.rtl_source = restore_html(_mirror(_set_root_attrs(markup, lang_ph, "rtl")))
         if twin.is_file():
             c.text_name = twin.relative_to(self.templates_dir).as_posix()
             try:
@@ -1199,6 +1350,66 @@ class Renderer:
                 problem(main, 1, 1, f"the derived text part is not valid Jinja: {exc.message}")
                 return
         self._lint_names(c, main, path.read_text(encoding="utf-8"), self._html_env)
+
+    @staticmethod
+    def _writes_markup(ast: nodes.Template, tags: Sequence[_Tag]) -> bool:
+        """Can this template write ``<a href>`` that is not in its text (data made markup,
+        escaping off, filter blocks that rewrite text, imported macros, raw blocks)?"""
+        return (
+            next(ast.find_all(_OPAQUE_NODES), None) is not None
+            or any(f.name in _MARKUP_FILTERS for f in ast.find_all(nodes.Filter))
+            or any(_RAW_TAG.match(t.text) and "<a" in t.text.lower() for t in tags)
+        )
+
+    def _slot_links(self, markup: str, tags: Sequence[_Tag]) -> tuple[str, _Restorer] | None:
+        """``markup`` (compiled HTML with placeholders) with its links tracked by Jinja itself,
+        and the restorer that knows the tags this adds; None when a link is out of reach.
+
+        A static http(s) href becomes ``{{ "<url>" | _engine_click }}`` (decoded once, here);
+        one built per recipient is wrapped in ``{% filter _engine_href %}``, which decides on
+        the rendered value. Others (mailto:, tel:, #, ours) stay as they are.
+        """
+        tags = list(tags)
+        out: list[str] = []
+        pos = 0
+
+        def tag(text: str) -> str:
+            tags.append(_Tag(text, "", 0, 0, text.startswith("{%")))
+            return self._placeholder.format(len(tags) - 1)
+
+        for link in _LINK_TAG.finditer(markup):
+            attrs = _TAG_ATTR.finditer(link.group(), 2)
+            href = next((a for a in attrs if a.group(1).lower() == "href"), None)
+            group = next((g for g in (2, 3, 4) if href and href.group(g) is not None), None)
+            if href is None or group is None:
+                continue
+            value = href.group(group)
+            core = value.strip()
+            start = link.start() + href.start(group) + len(value) - len(value.lstrip())
+            end = start + len(core)
+            first = self._placeholder_re.search(core)
+            if first is None:
+                if not core.startswith(_HTTP):
+                    continue
+                url = htmllib.unescape(core)
+                if self.links.is_tracking(url):
+                    continue
+                out += (markup[pos:start], tag(f"{{{{ {_jinja_string(url)} | {_CLICK_FILTER} }}}}"))
+            else:
+                prefix = core[: first.start()]
+                if not (prefix.startswith(_HTTP) or any(h.startswith(prefix) for h in _HTTP)):
+                    continue
+                if any(tags[int(m.group(1))].block for m in self._placeholder_re.finditer(core)):
+                    return None  # a block tag inside an href: leave it to the output scan
+                out += (
+                    markup[pos:start],
+                    tag(f"{{% filter {_HREF_FILTER} %}}"),
+                    core,
+                    tag("{% endfilter %}"),
+                )
+            pos = end
+        out.append(markup[pos:])
+        return "".join(out), _Restorer(tags, self._placeholder_re)
 
     def _derive_text(self, compiled_html: str, tags: Sequence[_Tag]) -> str | int:
         """The text part (with placeholders) derived from ``compiled_html``, or the index of the
@@ -1292,9 +1503,13 @@ class Renderer:
         ``context`` holds contact, sequence, step, referral, reward; the renderer adds sender,
         links, lang and dir. ``ref`` is the message's random public id (tracking tokens).
         """
-        norm = normalize_locale(locale)
-        path, key = self._locate(template, norm)
-        compiled = self._get(path, key)
+        norm = self._locales.get(locale, missing)
+        if norm is missing:
+            norm = normalize_locale(locale)
+            if len(self._locales) > 4096:
+                self._locales.clear()
+            self._locales[locale] = norm
+        compiled = self._compiled(template, norm)
         if compiled.error is not None:
             raise TemplateError(str(compiled.error))
         lang = norm.split("-", 1)[0] if norm else DEFAULT_LANG
@@ -1303,6 +1518,7 @@ class Renderer:
         code = contact.get("referral_code") if isinstance(contact, Mapping) else None
         links = TemplateLinks(self.links, ref, code)
         variables = {
+            **self._globals,
             **context,
             "sender": self._sender,
             "links": links,
@@ -1311,14 +1527,21 @@ class Renderer:
         }
         html_template = self._rtl(compiled) if direction == "rtl" else compiled.html
         assert html_template is not None and compiled.text is not None  # no error: both built
+        clicks = _Clicks(self.links, ref)  # the same URL in HTML and text: one token
         token = _DEADLINE.set(time.perf_counter() + self._timeout)
+        clicks_token = _CLICKS.set(clicks)
         try:
             label = f"{compiled.name} (subject)"
-            subject_text = _render_part(self._subject(subject), variables)
+            # Most subjects are plain text: nothing for Jinja to do.
+            subject_text = (
+                "".join(_render_part(self._subject(subject), variables))
+                if "{" in subject
+                else subject
+            )
             label = compiled.name
             html = _render_part(html_template, variables)
             label = compiled.text_name
-            text = _render_part(compiled.text, variables)
+            text = "".join(_render_part(compiled.text, variables))
         except TemplateError as exc:
             raise type(exc)(f"{label}: {exc}") from exc
         except (RecursionError, MemoryError) as exc:
@@ -1330,22 +1553,31 @@ class Renderer:
         except Exception as exc:
             raise TemplateError(f"{label}: {type(exc).__name__}: {exc}") from exc
         finally:
+            _CLICKS.reset(clicks_token)
             _DEADLINE.reset(token)
         unsubscribe = links.unsubscribe
         before_link, after_link, text_footer = self._footer(lang)
-        clicks: dict[str, str] = {}  # the same URL in HTML and text: one token
-        html = self._track_html(html, ref, clicks)
-        cut = html.rfind("</body>")
-        if cut < 0:
-            cut = len(html)
+        if compiled.scan:
+            html = [self._track_html("".join(html), clicks)]
         tail = (
-            f"{before_link}{htmllib.escape(unsubscribe)}{after_link}"
-            f'<img src="{htmllib.escape(self.links.open(ref))}" width="1" height="1" alt="" '
+            f"{before_link}{_escape_output(unsubscribe)}{after_link}"
+            f'<img src="{_escape_output(self.links.open(ref))}" width="1" height="1" alt="" '
             'style="display:block;border:0">'
         )
-        text = _BLANK_LINES.sub("\n\n", self._track_text(text, ref, clicks)).strip()
+        # Before the last </body>, which is in one of the last (static) pieces.
+        for i in range(len(html) - 1, -1, -1):
+            cut = html[i].rfind("</body>")
+            if cut >= 0:
+                html[i : i + 1] = (html[i][:cut], tail, html[i][cut:])
+                break
+        else:
+            html.append(tail)
+        text = self._track_text(text, clicks)
+        if "\n\n\n" in text:  # far faster than letting the regex look everywhere
+            text = _BLANK_LINES.sub("\n\n", text)
+        text = text.strip()
         text += f"{text_footer}{unsubscribe}\n"
-        return Rendered(" ".join(subject_text.split()), html[:cut] + tail + html[cut:], text)
+        return Rendered(" ".join(subject_text.split()), "".join(html), text)
 
     def _rtl(self, compiled: _Compiled) -> Template:
         if compiled.rtl is None:
@@ -1385,14 +1617,9 @@ class Renderer:
             self._footers[lang] = found
         return found
 
-    def _click(self, ref: bytes, url: str, clicks: dict[str, str]) -> str:
-        tracked = clicks.get(url)
-        if tracked is None:
-            tracked = clicks[url] = self.links.click(ref, url)
-        return tracked
-
-    def _track_html(self, markup: str, ref: bytes, clicks: dict[str, str]) -> str:
-        """Every http(s) ``<a href>`` not already ours goes through the click tracker.
+    def _track_html(self, markup: str, clicks: _Clicks) -> str:
+        """Every http(s) ``<a href>`` not already ours goes through the click tracker (the
+        output of templates that may write links of their own).
 
         One pass with str.find from one ``<a`` to the next (much faster than a regex over the
         whole document); templates' ``<A HREF`` are lower-cased at compile time.
@@ -1416,7 +1643,7 @@ class Renderer:
                 url = htmllib.unescape(value) if "&" in value else value
                 if not self.links.is_tracking(url):
                     group = 1 if m.group(1) is not None else 2
-                    tracked = htmllib.escape(self._click(ref, url, clicks))
+                    tracked = htmllib.escape(clicks.url(url))
                     out += (markup[pos : m.start(group)], tracked)
                     pos = m.end(group)
             out.append(markup[pos : end + 1])
@@ -1424,7 +1651,7 @@ class Renderer:
         out.append(markup[pos:])
         return "".join(out)
 
-    def _track_text(self, text: str, ref: bytes, clicks: dict[str, str]) -> str:
+    def _track_text(self, text: str, clicks: _Clicks) -> str:
         """Bare http(s) URLs in the text part go through the click tracker too."""
         links = self.links
 
@@ -1438,7 +1665,7 @@ class Renderer:
                 url, trailing = url[:-1], url[-1] + trailing
             if links.is_tracking(url):
                 return m.group()
-            return self._click(ref, url, clicks) + trailing
+            return clicks.url(url) + trailing
 
         return _TEXT_URL.sub(swap, text)
 

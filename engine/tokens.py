@@ -55,6 +55,9 @@ _HAS_URL = 0x80
 _FLAGS = {"click": _HAS_URL, "nps": _HAS_VALUE}
 _CODE_MASK = 0x3F
 _MAX_VALUE = 1 << 63
+_BLOCK_SIZE = 64  # SHA-256's, for HMAC's padded key
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +75,34 @@ def key_id(secret: str) -> bytes:
     return hashlib.sha256(secret.encode("utf-8")).digest()[:KEY_ID_SIZE]
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    return binascii.b2a_base64(raw, newline=False).translate(_URLSAFE).rstrip(b"=").decode("ascii")
+
+
+class _Mac:
+    """HMAC-SHA256 with one key, its two padded-key states hashed once (RFC 2104).
+
+    Copying hashlib states per token is about twice as fast as copying an ``hmac.HMAC``.
+    """
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > _BLOCK_SIZE:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_BLOCK_SIZE, b"\0")
+        self._inner = hashlib.sha256(key.translate(_IPAD))
+        self._outer = hashlib.sha256(key.translate(_OPAD))
+
+    def digest(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
 
 def _zigzag(value: int) -> bytes:
@@ -105,11 +134,11 @@ class Signer:
         if not secret:
             raise ValueError("the token secret must not be empty")
         self._key_id = key_id(secret)
-        # A keyed HMAC state per key: copying it per token skips the key schedule.
-        self._macs: dict[bytes, hmac.HMAC] = {}
+        # A keyed MAC state per key: copying it per token skips the key schedule.
+        self._macs: dict[bytes, _Mac] = {}
         for s in (*old_secrets, secret):  # the current secret wins a (2^-32) key id clash
             if s:
-                self._macs[key_id(s)] = hmac.new(s.encode("utf-8"), digestmod=hashlib.sha256)
+                self._macs[key_id(s)] = _Mac(s.encode("utf-8"))
         self._mac = self._macs[self._key_id]
         # version | key id | kind byte, per kind: the hot path only appends ref, value and url.
         self._heads = {
@@ -142,9 +171,7 @@ class Signer:
             if len(encoded) > MAX_URL_BYTES:
                 raise ValueError(f"url longer than {MAX_URL_BYTES} bytes")
             payload += encoded
-        mac = self._mac.copy()
-        mac.update(payload)
-        return _b64(payload + mac.digest()[:MAC_SIZE])
+        return _b64(payload + self._mac.digest(payload)[:MAC_SIZE])
 
     def verify(self, token: str, *, kind: str | None = None) -> Token | None:
         """The token's content, or None when it is not one of ours (never raises).
@@ -165,9 +192,7 @@ class Signer:
         if base is None:
             return None
         end = len(raw) - MAC_SIZE
-        mac = base.copy()
-        mac.update(raw[:end])
-        if not hmac.compare_digest(mac.digest()[:MAC_SIZE], raw[end:]):
+        if not hmac.compare_digest(base.digest(raw[:end])[:MAC_SIZE], raw[end:]):
             return None
         return _parse(raw, end, kind)
 

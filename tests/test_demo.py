@@ -49,4 +49,5 @@ def test_demo_plays_a_program_and_keeps_every_email(tmp_path: Path) -> None:
         for f in files
     }
     assert any("Mia" in s for s in subjects)  # the thank-you names the friend
+    assert "Good news about your introduction" in subjects  # the reward, on conversion
     assert not any(f.name.endswith("old.address@example.com.eml") for f in files)  # bounced

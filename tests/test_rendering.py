@@ -9,10 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jinja2.filters
+import markupsafe
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from markupsafe import Markup
 
 from engine.errors import RenderTimeout, TemplateError
-from engine.rendering import Rendered, Renderer, TemplateProblem
+from engine.rendering import Rendered, Renderer, Sandbox, TemplateProblem
 from engine.sequences import SendStep, Sequence, load_sequences
 from engine.settings import SenderSettings
 from engine.tokens import Links, Signer, Token
@@ -45,9 +50,15 @@ def signer() -> Signer:
 
 @pytest.fixture
 def make(templates: Path, signer: Signer) -> Callable[..., Renderer]:
-    def build(render_timeout: float = 2.0) -> Renderer:
+    def build(render_timeout: float = 2.0, reload_interval: float = 0.0) -> Renderer:
         links = Links(BASE, signer)
-        return Renderer(templates, links=links, sender=SENDER, render_timeout=render_timeout)
+        return Renderer(
+            templates,
+            links=links,
+            sender=SENDER,
+            render_timeout=render_timeout,
+            reload_interval=reload_interval,
+        )
 
     return build
 
@@ -124,8 +135,10 @@ def test_missing_template_is_a_template_error(renderer: Renderer) -> None:
 
 
 def test_arabic_renders_right_to_left(templates: Path, renderer: Renderer) -> None:
-    write(templates, "ask.mjml", mjml("<mj-text>{{ lang }} {{ dir }}</mj-text>"))
+    body = '<mj-text>{{ lang }} {{ dir }} <a href="https://example.com/">x</a></mj-text>'
+    write(templates, "ask.mjml", mjml(body))
     arabic = render(renderer, locale="ar")
+    assert f'href="{BASE}/c/' in arabic.html and "https://example.com/" not in arabic.html
     root = re.search(r"<html[^>]*>", arabic.html)
     assert root is not None and 'lang="ar"' in root.group() and 'dir="rtl"' in root.group()
     assert "ar rtl" in arabic.text
@@ -163,6 +176,20 @@ def test_default_filter_gives_a_fallback(templates: Path, renderer: Renderer) ->
         templates, "ask.mjml", mjml('<mj-text>Hi {{ contact.nick | default("there") }}</mj-text>')
     )
     assert "Hi there" in render(renderer).text
+
+
+@given(st.one_of(st.text(), st.integers(), st.lists(st.text(max_size=5), max_size=3)))
+def test_html_output_is_escaped_exactly_like_markupsafe_does(value: object) -> None:
+    # The engine writes {{ }} without a Markup copy when there is nothing to escape.
+    env = Sandbox(autoescape=True)
+    assert env.from_string("{{ v }}").render(v=value) == str(markupsafe.escape(value))
+    assert env.from_string("{{ v|e }}{{ v|safe }}").render(v=Markup("<b>")) == "<b><b>"
+
+
+@given(st.one_of(st.text(), st.dictionaries(st.text(max_size=5), st.text(max_size=5))))
+def test_urlencode_is_jinjas(value: str | dict[str, str]) -> None:
+    urlencode = Sandbox().filters["urlencode"]
+    assert urlencode(value) == jinja2.filters.do_urlencode(value)
 
 
 HOSTILE = {
@@ -215,6 +242,18 @@ def test_mjml_is_compiled_once_per_file_version(templates: Path, renderer: Rende
     path.write_text(mjml("<mj-text>Hello again {{ contact.first_name }}</mj-text>"), "utf-8")
     assert "Hello again Ana" in render(renderer).text
     assert renderer.compile_count == 2
+
+
+def test_render_looks_for_edits_once_per_reload_interval(
+    templates: Path, make: Callable[..., Renderer]
+) -> None:
+    path = write(templates, "ask.mjml", mjml("<mj-text>First</mj-text>"))
+    renderer = make(reload_interval=3600)
+    assert "First" in render(renderer).text
+    path.write_text(mjml("<mj-text>Second, longer</mj-text>"), "utf-8")
+    assert "First" in render(renderer).text  # trusted for the interval: no stat per email
+    assert renderer.check("ask.mjml") == [] and renderer.compile_count == 2  # check looks
+    assert "Second, longer" in render(make()).text
 
 
 def test_an_edited_partial_recompiles_its_templates(templates: Path, renderer: Renderer) -> None:
@@ -288,6 +327,78 @@ def test_http_links_go_through_the_click_tracker(
     assert f"Your page ({BASE}/r/ANA42)" in out.text
     text_clicks = re.findall(rf"{re.escape(BASE)}/c/[\w-]+", out.text)
     assert {verified(signer, u).url for u in text_clicks} == {t.url for t in clicks}
+
+
+def test_links_built_per_recipient_are_tracked(
+    templates: Path, renderer: Renderer, signer: Signer
+) -> None:
+    body = (
+        '<mj-text><a href="{{ contact.site }}">Site</a> '
+        '<a href="https://example.com/u/{{ contact.first_name }}?x=1&amp;y=2">Mine</a> '
+        '<a href="{{ links.testimonial }}">Ours</a> '
+        '<a href="mailto:{{ contact.email }}?subject=Hi">Mail</a></mj-text>'
+        '<mj-button href="{{ contact.site }}">Again</mj-button>'
+    )
+    write(templates, "ask.mjml", mjml(body))
+    site = 'https://example.com/a?b=1&c="2"'
+    out = render(renderer, site=site, first_name="A&B")
+    found = hrefs(out.html)
+    tracked = [h for h in found if h.startswith(f"{BASE}/c/")]
+    clicks = [verified(signer, h) for h in tracked]
+    assert [t.url for t in clicks] == [site, "https://example.com/u/A&B?x=1&y=2", site]
+    assert tracked[0] == tracked[2]  # one token per destination
+    assert any(h.startswith(f"{BASE}/f/testimonial/") for h in found)
+    assert "mailto:ana@example.com?subject=Hi" in found
+    assert '"2"' not in out.html  # data stays escaped inside the attribute
+
+
+def test_the_same_link_has_one_token_in_html_and_text(
+    templates: Path, renderer: Renderer, signer: Signer
+) -> None:
+    body = (
+        '<mj-text><a href="https://example.com/a?b=1&amp;c=2">Go</a> '
+        '<a href="https://example.com/it&#39;s?q=&#123;&#123;x}}&quot;">Odd</a></mj-text>'
+    )
+    write(templates, "ask.mjml", mjml(body))
+    out = render(renderer)
+    tracked = [h for h in hrefs(out.html) if h.startswith(f"{BASE}/c/")]
+    assert [verified(signer, h).url for h in tracked] == [
+        "https://example.com/a?b=1&c=2",
+        "https://example.com/it's?q={{x}}\"",
+    ]
+    assert f"Go ({tracked[0]})" in out.text
+
+
+def test_an_href_with_jinja_statements_is_tracked(
+    templates: Path, renderer: Renderer, signer: Signer
+) -> None:
+    body = (
+        '<mj-text><a href="https://example.com/{% if contact.vip is defined %}vip'
+        '{% else %}all{% endif %}">Go</a></mj-text>'
+    )
+    write(templates, "ask.mjml", mjml(body))
+    for out, path in ((render(renderer, vip=True), "vip"), (render(renderer), "all")):
+        (tracked,) = [h for h in hrefs(out.html) if h.startswith(f"{BASE}/c/")]
+        assert verified(signer, tracked).url == f"https://example.com/{path}"
+
+
+def test_links_in_data_made_markup_are_tracked_too(
+    templates: Path, renderer: Renderer, signer: Signer
+) -> None:
+    # |safe (and the like) can write links no compile-time analysis sees: the output is scanned.
+    write(templates, "ask.mjml", mjml("<mj-text>{{ contact.bio | safe }}</mj-text>"))
+    out = render(renderer, bio='<a href="https://example.com/bio">Bio</a>')
+    (tracked,) = [h for h in hrefs(out.html) if h.startswith(f"{BASE}/c/")]
+    assert verified(signer, tracked).url == "https://example.com/bio"
+    write(
+        templates,
+        "upper.mjml",
+        mjml(
+            '<mj-text>{% filter upper %}<a href="https://example.com/x">x</a>'
+            "{% endfilter %}</mj-text>"
+        ),
+    )
+    assert f"{BASE}/c/" not in render(renderer, "upper.mjml").html  # as before: HTTPS://
 
 
 def test_bare_urls_in_the_text_twin_are_tracked(
@@ -596,7 +707,9 @@ def test_every_shipped_template_renders(shipped: Renderer, path: Path, minimal: 
     base, _, variant = path.name.removesuffix(".mjml").partition(".")
     template, locale = f"{base}.mjml", variant or "en"
     assert shipped.resolve(template, locale) == path
-    uses = shipped_steps().get(template) or [(None, None)]
+    uses: list[tuple[Sequence | None, SendStep | None]] = list(shipped_steps().get(template, []))
+    if not uses:  # in no sequence: no subject
+        uses.append((None, None))
     for sequence, step in uses:
         # What sender.py gives: a referral only for sequences started by a referral event.
         trigger = sequence.trigger if sequence is not None else None
@@ -626,6 +739,7 @@ def test_every_shipped_template_renders(shipped: Renderer, path: Path, minimal: 
             subject = ""
         out = shipped.render(template, subject, ctx, locale=locale, ref=REF)
         for part in (out.html, out.text):
+            # no Jinja left, nor a compile-time placeholder ("jjph<nonce>x<n>x")
             assert "{{" not in part and "{%" not in part and "jjph" not in part
             assert "/u/" in part  # the footer's unsubscribe link
         assert out.html.rstrip().endswith("</html>") and len(out.text) > 200

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import secrets
 import string
 
@@ -45,6 +47,17 @@ def test_round_trip_of_any_ref_url_and_value(ref: bytes, url: str, value: int) -
     signer = Signer("s")
     assert signer.verify(signer.sign("click", ref, url=url)) == Token("click", ref, url, None)
     assert signer.verify(signer.sign("nps", ref, value=value)) == Token("nps", ref, None, value)
+
+
+@pytest.mark.parametrize(
+    "secret", ["s", "a secret of exactly sixty-four bytes, no more and no less!!!!!!!", "ü" * 80]
+)
+def test_the_mac_is_standard_truncated_hmac_sha256(secret: str) -> None:
+    # Short keys, a block-sized key and one longer than SHA-256's block (hashed first).
+    token = Signer(secret).sign("click", REF, url="https://example.com/")
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    expected = hmac.new(secret.encode(), raw[:-16], hashlib.sha256).digest()[:16]
+    assert raw[-16:] == expected
 
 
 def test_tokens_are_urlsafe_base64_without_padding(signer: Signer) -> None:
