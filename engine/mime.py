@@ -1,8 +1,9 @@
 """The one MIME builder: an OutgoingEmail -> the exact bytes handed to SMTP.
 
 Bytes are assembled directly (no email.message objects: they cost ~1-3 ms per message), using
-binascii's C encoders. Every header value passes through ``clean_header_text`` or
-``check_address`` first, so no input can add a header line or a recipient.
+binascii's C encoders (bytes methods and one regex for quoted-printable ASCII). Every header
+value passes through ``clean_header_text`` or ``check_address`` first, so no input can add a
+header line or a recipient.
 
 Output: multipart/alternative (text/plain, then text/html), UTF-8 bodies in quoted-printable
 (base64 when the text is mostly non-ASCII), CRLF line endings, header lines folded to <= 78
@@ -23,6 +24,7 @@ from email.utils import format_datetime
 # encoded-words to 76, so encoded-words are laid out against the stricter limit.
 HEADER_LINE = 78
 ENCODED_LINE = 76
+QP_LINE = 76  # RFC 2045: encoded lines of at most 76 characters, a soft break's "=" included
 MAX_LINE = 998
 MAX_LOCAL_PART = 64
 MAX_ADDRESS = 254
@@ -38,6 +40,12 @@ _MSG_ID_RE = re.compile(rf"<[{_ATEXT}.]+@[{_ATEXT}.\[\]]+>")
 _URI_RE = re.compile(r"[!#-+\--;=?-~]+")
 _CONTROL_RUN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _HIGH_BYTES = bytes(range(128, 256))
+# Bytes quoted-printable writes as they are, "=" aside; LF is the line end.
+_QP_PLAIN = bytes([9, 10, *range(32, 127)])
+_QP_BLANKS = {ord(" "): b"=20", ord("\t"): b"=09"}
+# The longest piece of an escaped line that fits before a soft break ("=") and does not end
+# inside an "=XX" escape: its last two characters are not "=".
+_QP_PIECE = re.compile(rb".{1,%d}[^=]{2}|.+" % (QP_LINE - 3))
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,10 +213,7 @@ def _text_part(content_type: str, text: str) -> bytes:
         body = b"\r\n".join([encoded[i : i + 76] for i in range(0, len(encoded), 76)])
         encoding = b"base64"
     else:
-        # Encoded with LF line ends, then LF -> CRLF: b2a_qp picks the style of its soft line
-        # breaks from the input's first line end, so text without any would get bare LFs.
-        body = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
-        body = body.replace(b"\n", b"\r\n")
+        body = _quoted_printable(data)
         encoding = b"quoted-printable"
     return b"".join(
         (
@@ -219,6 +224,31 @@ def _text_part(content_type: str, text: str) -> bytes:
             b"\r\n\r\n",
             body,
         )
+    )
+
+
+def _quoted_printable(data: bytes) -> bytes:
+    """``data`` (LF line ends) as quoted-printable with CRLF line ends and lines <= 76.
+
+    Printable ASCII, the common case (English HTML), takes a fast path: "=" escaped in one
+    replace and each long line cut by one regex, never inside an "=XX". binascii.b2a_qp (C, yet
+    byte by byte: twice as slow on MJML's long lines) encodes anything else. Both escape a
+    blank ending a line and a line holding a lone dot.
+    """
+    if data.translate(None, _QP_PLAIN):
+        # Encoded with LF line ends, then split: b2a_qp picks the style of its soft line
+        # breaks from the input's first line end, so text without any would get bare LFs.
+        lines = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False).split(b"\n")
+    else:
+        lines = data.replace(b"=", b"=3D").split(b"\n")
+        for i, line in enumerate(lines):
+            if line and line[-1] in _QP_BLANKS:  # a decoder would drop a blank ending a line
+                lines[i] = line[:-1] + _QP_BLANKS[line[-1]]
+            elif line == b".":
+                lines[i] = b"=2E"
+    # Cut here, for both: b2a_qp lets an escaped blank take a full line to 77 characters.
+    return b"\r\n".join(
+        [line if len(line) <= QP_LINE else b"=\r\n".join(_QP_PIECE.findall(line)) for line in lines]
     )
 
 

@@ -5,6 +5,11 @@ worker proves it still holds the lease with ``WHERE id = :id AND fence = :fence`
 wakes up after its lease expired (and someone else re-claimed the row) can neither send nor
 record. A crash leaves rows in ``sending``; once their lease runs out they are claimed again and
 go out with the same Message-ID.
+
+Per email the database sees one write transaction: a claimed batch is loaded with a few
+queries, and each worker renders its next email before sending the current one, so that the
+transaction marking the current one sent (right after the server accepted it, with no await in
+between) also fences the next one.
 """
 
 from __future__ import annotations
@@ -12,11 +17,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Table,
+    and_,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from engine.clock import Clock
@@ -26,11 +44,12 @@ from engine.planner import record_event
 from engine.rendering import Renderer
 from engine.sequences import SendStep, Sequence
 from engine.settings import Settings
-from engine.store.db import Database
+from engine.store.db import Database, transaction
 from engine.store.models import Alert, Contact, Enrollment, Event, Message, Suppression
 from engine.transport import Transport
 
 log = logging.getLogger("engine.sender")
+T = TypeVar("T")
 
 CONTACT_FIELDS = (
     "email",
@@ -84,8 +103,8 @@ class _Ready:
 
 # The per-message writes are prebuilt Core statements with bound parameters: they skip the
 # ORM's bulk-update machinery and statement construction, which cost more than SQLite itself.
-_messages = Message.__table__
-_enrollments = Enrollment.__table__
+_messages = cast(Table, Message.__table__)
+_enrollments = cast(Table, Enrollment.__table__)
 _mine = and_(
     _messages.c.id == bindparam("b_id"),
     _messages.c.fence == bindparam("b_fence"),
@@ -250,65 +269,125 @@ class Sender:
     async def deliver(
         self, claimed: list[Claimed], stats: SendStats, stop: asyncio.Event | None
     ) -> None:
+        """Send a claimed batch over ``connections`` workers; release what a stop left unsent."""
         loaded = self._load(claimed)
-        queue: asyncio.Queue[Claimed] = asyncio.Queue()
-        for c in claimed:
-            queue.put_nowait(c)
+        pending = deque(claimed)
         untouched: list[Claimed] = []
 
-        async def worker() -> None:
-            while not queue.empty():
-                c = queue.get_nowait()
-                if stats.paused or (stop is not None and stop.is_set()):
+        def halted() -> bool:
+            return stats.paused or (stop is not None and stop.is_set())
+
+        def prepare_next() -> tuple[Claimed, _Ready] | None:
+            """Render the next email that can go out; None when none is left or we stop."""
+            while pending:
+                c = pending.popleft()
+                row = loaded.get(c.id)
+                if halted():
                     untouched.append(c)
+                elif row is None:  # claimed again by another worker before the batch was loaded
+                    stats.skipped += 1
+                elif (ready := self._prepare(c, row, stats)) is not None:
+                    return c, ready
+            return None
+
+        async def worker(conn: Connection) -> None:
+            unrecorded: tuple[Claimed, str] | None = None  # sent, its row not marked yet
+            upcoming = prepare_next()
+            while upcoming is not None:
+                c, ready = upcoming
+                if halted():
+                    untouched.append(c)
+                    upcoming = prepare_next()
                     continue
-                await self._deliver_one(c, loaded.get(c.id), stats)
+
+                # One transaction marks the previous email sent and fences this one. No await
+                # runs between a send and this point, so a cancellation cannot lose the mark.
+                def mark_and_fence(
+                    tx: Connection,
+                    c: Claimed = c,
+                    done: tuple[Claimed, str] | None = unrecorded,
+                ) -> tuple[bool | None, bool]:
+                    marked = None if done is None else self._mark_sent(tx, *done)
+                    return marked, self._fence(tx, c)
+
+                marked, mine = transaction(conn, mark_and_fence)
+                self._count_sent(marked, stats)
+                unrecorded = None
+                # Render the next email now, before this send, so its fence can share the
+                # transaction that marks this one sent as soon as the server accepted it.
+                upcoming = prepare_next()
+                if not mine:
+                    stats.skipped += 1
+                    log.warning("lease_lost message=%s fence=%s", c.id, c.fence)
+                    continue
+                try:
+                    await self.transport.send(
+                        self.settings.sender.from_email, ready.recipient, ready.data
+                    )
+                except TemporaryFailure as exc:
+                    self._retry(c, exc, stats)
+                except PolicyFailure as exc:
+                    self._pause(c, exc, stats)
+                except PermanentFailure as exc:
+                    self._fail(c, exc, stats)
+                else:
+                    unrecorded = (c, ready.subject)
+            if unrecorded is not None:
+                await self._record_sent(unrecorded[0], stats, unrecorded[1], conn)
 
         workers = max(1, min(self.settings.smtp.connections, len(claimed)))
-        async with asyncio.TaskGroup() as group:
-            for _ in range(workers):
-                group.create_task(worker())
+        # One connection for the batch's per-message writes, shared by the workers: each
+        # transaction runs without an await inside, so they never interleave.
+        with self.db.write_connection() as conn:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(workers):
+                    group.create_task(worker(conn))
         self.release(untouched)
 
-    async def _deliver_one(self, c: Claimed, loaded: _Loaded | None, stats: SendStats) -> None:
-        if loaded is None:  # re-claimed by another worker before this batch was loaded
-            stats.skipped += 1
-            return
-        ready = self._prepare(c, loaded, stats)
-        if ready is None:
-            return
-        if not self._still_mine(c):
-            stats.skipped += 1
-            log.warning("lease_lost message=%s fence=%s", c.id, c.fence)
-            return
-        try:
-            await self.transport.send(self.settings.sender.from_email, ready.recipient, ready.data)
-        except TemporaryFailure as exc:
-            self._retry(c, exc, stats)
-        except PolicyFailure as exc:
-            self._pause(c, exc, stats)
-        except PermanentFailure as exc:
-            self._fail(c, exc, stats)
+    async def _record_sent(
+        self,
+        c: Claimed,
+        stats: SendStats,
+        subject: str | None = None,
+        conn: Connection | None = None,
+    ) -> None:
+        """Mark the row sent in a transaction of its own (on ``conn`` when given).
+
+        It never awaits: once called after a send, a cancellation cannot stop it.
+        """
+
+        def mark(tx: Connection) -> bool:
+            return self._mark_sent(tx, c, subject)
+
+        if conn is None:
+            with self.db.write_connection() as fresh:
+                marked = transaction(fresh, mark)
         else:
-            # The send happened; record it even if we are being cancelled meanwhile.
-            await asyncio.shield(self._record_sent(c, stats, ready.subject))
+            marked = transaction(conn, mark)
+        self._count_sent(marked, stats)
 
-    async def _record_sent(self, c: Claimed, stats: SendStats, subject: str | None = None) -> None:
-        """Mark the row sent (with the subject it went out with) and start the next wait."""
+    def _mark_sent(self, conn: Connection, c: Claimed, subject: str | None) -> bool:
+        """Mark the row sent (with the subject it went out with) and start the next wait,
+        unless the row is no longer ours (fenced off). True if it was marked."""
         params = {"b_id": c.id, "b_fence": c.fence, "b_now": self.clock.now(), "b_subject": subject}
-        with self.db.write() as session:
-            if not session.execute(_MARK_SENT, params).rowcount:
-                stats.skipped += 1
-                return
-            session.execute(_START_NEXT_WAIT, params)
-        stats.sent += 1
+        if not conn.execute(_MARK_SENT, params).rowcount:
+            return False
+        conn.execute(_START_NEXT_WAIT, params)
+        return True
 
-    def _still_mine(self, c: Claimed) -> bool:
-        """Fencing check right before SMTP: extend the lease only if nobody re-claimed the row."""
+    @staticmethod
+    def _count_sent(marked: bool | None, stats: SendStats) -> None:
+        """Count a mark once its transaction committed (a retried one must not count twice)."""
+        if marked is True:
+            stats.sent += 1
+        elif marked is False:
+            stats.skipped += 1
+
+    def _fence(self, conn: Connection, c: Claimed) -> bool:
+        """Fencing check before SMTP: extend the lease only if nobody re-claimed the row."""
         now = self.clock.now()
         params = {"b_id": c.id, "b_fence": c.fence, "b_now": now, "b_until": now + self.lease}
-        with self.db.write() as session:
-            return bool(session.execute(_EXTEND_LEASE, params).rowcount)
+        return bool(conn.execute(_EXTEND_LEASE, params).rowcount)
 
     # -- preparing ---------------------------------------------------------------------------
 
@@ -319,35 +398,27 @@ class Sender:
         (claimed again meanwhile) is left out.
         """
         fences = {c.id: c.fence for c in claimed}
-        ids = list(fences)
         found: list[tuple[Message, Contact, int | None]] = []
+        triggers: dict[int, Event] = {}
+        subjects: dict[str, str | None] = {}
         with self.db.session() as session:
-            for start in range(0, len(ids), LOAD_CHUNK):
+            for ids in _chunks(list(fences)):
                 rows = session.execute(
                     select(Message, Contact, Enrollment.trigger_event_id)
                     .join(Contact, Contact.id == Message.contact_id)
                     .join(Enrollment, Enrollment.id == Message.enrollment_id)
-                    .where(Message.id.in_(ids[start : start + LOAD_CHUNK]))
+                    .where(Message.id.in_(ids))
                 )
                 found.extend((m, ct, t) for m, ct, t in rows if m.fence == fences[m.id])
-            trigger_ids = sorted({t for _, _, t in found if t is not None})
-            triggers: dict[int, Event] = {}
-            for start in range(0, len(trigger_ids), LOAD_CHUNK):
-                chunk = trigger_ids[start : start + LOAD_CHUNK]
-                triggers.update(
-                    (e.id, e) for e in session.scalars(select(Event).where(Event.id.in_(chunk)))
-                )
-            parent_ids = sorted({m.in_reply_to for m, _, _ in found if m.in_reply_to})
-            subjects: dict[str, str | None] = {}
-            for start in range(0, len(parent_ids), LOAD_CHUNK):
-                chunk = parent_ids[start : start + LOAD_CHUNK]
-                subjects.update(
-                    session.execute(
-                        select(Message.message_id, Message.subject).where(
-                            Message.message_id.in_(chunk)
-                        )
-                    ).tuples()
-                )
+            for ids in _chunks(sorted({t for _, _, t in found if t is not None})):
+                for event in session.scalars(select(Event).where(Event.id.in_(ids))):
+                    triggers[event.id] = event
+            parents = select(Message.message_id, Message.subject)
+            for keys in _chunks(sorted({m.in_reply_to for m, _, _ in found if m.in_reply_to})):
+                for message_id, subject in session.execute(
+                    parents.where(Message.message_id.in_(keys))
+                ):
+                    subjects[message_id] = subject
         return {
             m.id: _Loaded(
                 m,
@@ -415,13 +486,12 @@ class Sender:
     # -- outcomes ----------------------------------------------------------------------------
 
     def _finish(self, session: Session, c: Claimed, **values: Any) -> bool:
-        return bool(
-            session.execute(
-                update(Message)
-                .where(Message.id == c.id, Message.fence == c.fence, Message.status == "sending")
-                .values(lease_owner=None, lease_until=None, **values)
-            ).rowcount
+        result = session.execute(
+            update(Message)
+            .where(Message.id == c.id, Message.fence == c.fence, Message.status == "sending")
+            .values(lease_owner=None, lease_until=None, **values)
         )
+        return bool(cast(CursorResult[Any], result).rowcount)
 
     def _hold(
         self, c: Claimed, reason: str, stats: SendStats, status: str = "render_failed"
@@ -535,6 +605,12 @@ class Sender:
         log.error("sending_paused until=%s reason=%s", until.isoformat(), exc)
         stats.paused = True
         stats.errors.append(f"sending paused: {exc}")
+
+
+def _chunks(values: list[T]) -> Iterator[list[T]]:
+    """``values`` in slices of LOAD_CHUNK: IN lists with a bounded number of parameters."""
+    for start in range(0, len(values), LOAD_CHUNK):
+        yield values[start : start + LOAD_CHUNK]
 
 
 def _referral_context(trigger: Event | None) -> dict[str, Any] | None:

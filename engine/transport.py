@@ -44,6 +44,7 @@ _NO_MAILBOX_RE = re.compile(
 )
 # X.1.7 and X.1.8 name the sender's address, the rest of X.1.x the recipient's.
 _SENDER_ADDRESS_DETAILS = frozenset({7, 8})
+_LINE_END_RE = re.compile(rb"\r\n|\r|\n")
 
 
 class Transport(Protocol):
@@ -114,6 +115,44 @@ def _refused_us(code: int, message: str) -> TransportError:
     if isinstance(error, PermanentFailure) and code != 552:
         return PolicyFailure(str(error), code=code)
     return error
+
+
+def wire_data(data: bytes) -> bytes:
+    """``data`` as the DATA phase carries it: CRLF line ends (a lone CR or LF becomes one), a
+    line starting with "." gets a second one, and the message ends with CRLF "." CRLF.
+
+    ``wire_data(b".hi\\n")`` -> ``b"..hi\\r\\n.\\r\\n"``. Byte for byte what aiosmtplib's
+    ``data()`` sends, but by counting and replacing rather than with two regexes over the
+    whole message (those cost ~0.3 ms on a 20 kB email, more than building it).
+    """
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+        data = _LINE_END_RE.sub(b"\r\n", data)
+    data = data.replace(b"\r\n.", b"\r\n..")
+    if data.startswith(b"."):
+        data = b"." + data
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
+
+
+async def _data(client: aiosmtplib.SMTP, data: bytes) -> None:
+    """The DATA command and the message, as ``client.data()`` would send them (see wire_data).
+
+    The message goes out through the connection's protocol (``write``, then ``read_response``:
+    no await in between, so the reply cannot arrive unread). aiosmtplib's command lock is not
+    taken: the pool lends a client to one send at a time.
+    """
+    start = await client.execute_command(b"DATA")
+    if start.code != aiosmtplib.SMTPStatus.start_input:
+        raise aiosmtplib.SMTPDataError(start.code, start.message)
+    protocol = client.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    protocol.write(wire_data(data))
+    done = await protocol.read_response(timeout=client.timeout)
+    if done.code != aiosmtplib.SMTPStatus.completed:
+        raise aiosmtplib.SMTPDataError(done.code, done.message)
 
 
 def _certificate_problem(exc: BaseException) -> bool:
@@ -232,7 +271,7 @@ class SmtpTransport:
                 stage = "RCPT TO"
                 await client.rcpt(recipient)
                 stage = "DATA"
-                await client.data(data)
+                await _data(client, data)
                 return
             except aiosmtplib.SMTPServerDisconnected as exc:
                 client.close()

@@ -11,7 +11,7 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from engine.mime import (
@@ -303,6 +303,56 @@ def test_bodies_round_trip_with_short_lines(body: str) -> None:
     # The parser keeps the wire's CRLF line endings in decoded content.
     assert plain.get_content().replace("\r\n", "\n") == expected
     assert html.get_content().replace("\r\n", "\n") == f"<html><body>{expected}</body></html>"
+
+
+def body_lines(data: bytes, content_type: str) -> list[bytes]:
+    """The encoded lines of the one body part of ``content_type`` (``b"text/html"``)."""
+    part = next(p for p in data.split(b"\r\n--=_") if b"Content-Type: " + content_type in p)
+    return part.split(b"\r\n\r\n", 1)[1].split(b"\r\n")
+
+
+def test_long_html_lines_are_cut_between_escapes() -> None:
+    # MJML writes lines of thousands of characters, full of "=" in attributes.
+    html = "<td " + 'a="1" b="22" c=3 ' * 700 + "x=</td>\n"
+    data = build_message(outgoing(html=html))
+    assert_wire_format(data)
+    lines = body_lines(data, b"text/html")
+    assert all(len(line) <= 76 for line in lines)
+    # A soft break never splits an "=XX" escape: each line's escapes are whole.
+    assert all(re.fullmatch(rb"(?:[^=]|=[0-9A-F]{2})*=?", line) for line in lines)
+    html_part = parse(data).get_body(("html",))
+    assert html_part is not None and html_part.get_content().replace("\r\n", "\n") == html
+
+
+def test_blanks_ending_a_line_and_lone_dots_are_escaped() -> None:
+    text = "ends with a space \nends with a tab\t\n.\n.not alone\nlast blank "
+    data = build_message(outgoing(text=text))
+    lines = body_lines(data, b"text/plain")
+    assert lines[:4] == [b"ends with a space=20", b"ends with a tab=09", b"=2E", b".not alone"]
+    assert lines[4] == b"last blank=20"
+    plain = parse(data).get_body(("plain",))
+    assert plain is not None and plain.get_content().replace("\r\n", "\n") == text
+
+
+@settings(max_examples=300, deadline=None)
+@example(body="x" * 75 + " \né")  # binascii.b2a_qp alone makes that first line 77 long
+@given(
+    body=st.lists(
+        st.sampled_from(["a", "=", " ", "\t", "\n", ".", "3D", "x" * 70, "é", "\x7f"]),
+        max_size=120,
+    ).map("".join)
+)
+def test_any_body_round_trips_in_lines_of_76_characters(body: str) -> None:
+    # Mostly "=", blanks, dots and line ends: the quoted-printable corner cases.
+    data = build_message(outgoing(text=body, html=body))
+    assert_wire_format(data)
+    for content_type in (b"text/plain", b"text/html"):
+        assert all(len(line) <= 76 for line in body_lines(data, content_type))
+    message = parse(data)
+    for kind in ("plain", "html"):
+        part = message.get_body((kind,))
+        assert part is not None
+        assert part.get_content().replace("\r\n", "\n") == body
 
 
 def test_mostly_non_ascii_text_uses_base64_and_english_uses_quoted_printable() -> None:

@@ -18,7 +18,7 @@ import pytest
 from engine.errors import PermanentFailure, PolicyFailure, TemporaryFailure, TransportError
 from engine.mime import OutgoingEmail, build_message
 from engine.settings import SmtpSettings
-from engine.transport import SmtpTransport, Transport, classify
+from engine.transport import SmtpTransport, Transport, classify, wire_data
 from tests.smtp_server import (  # noqa: F401
     SmtpSink,
     TlsCertificate,
@@ -77,6 +77,41 @@ def test_delivers_the_message_intact(smtp_sink: SmtpSink) -> None:
     assert received.data == data
     body = received.message.get_body(("plain",))
     assert body is not None and body.get_content().replace("\r\n", "\n") == text
+
+
+@pytest.mark.parametrize(
+    ("data", "wire"),
+    [
+        (b"Hi\r\n", b"Hi\r\n.\r\n"),
+        (b"", b"\r\n.\r\n"),
+        (b".", b"..\r\n.\r\n"),
+        (b".a\r\n.\r\n..b\r\nc.\r\n", b"..a\r\n..\r\n...b\r\nc.\r\n.\r\n"),
+        (b"lone LF\nlone CR\rboth\r\n\n.x", b"lone LF\r\nlone CR\r\nboth\r\n\r\n..x\r\n.\r\n"),
+        (b"\r\r\n\n\r", b"\r\n\r\n\r\n\r\n.\r\n"),
+    ],
+)
+def test_wire_data_has_crlf_line_ends_stuffed_dots_and_the_end_marker(
+    data: bytes, wire: bytes
+) -> None:
+    assert wire_data(data) == wire
+
+
+def test_awkward_payloads_arrive_as_sent_with_crlf_line_ends(smtp_sink: SmtpSink) -> None:
+    payloads = [b".first\nlone LF\rlone CR\r\n.\r\n..two\r\nno line end", b"", b".", b"x\r\n.\r\n"]
+
+    async def scenario() -> None:
+        async with SmtpTransport(smtp_sink.smtp_settings()) as transport:
+            for payload in payloads:
+                await transport.send(SENDER, "ann@example.com", payload)
+
+    run(scenario())
+    received = [m.data for m in smtp_sink.wait_for(len(payloads))]
+    assert received == [
+        b".first\r\nlone LF\r\nlone CR\r\n.\r\n..two\r\nno line end\r\n",
+        b"\r\n",
+        b".\r\n",
+        b"x\r\n.\r\n",
+    ]
 
 
 def test_connections_are_reused_across_messages(smtp_sink: SmtpSink) -> None:

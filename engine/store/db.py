@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -72,6 +73,26 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+# PostgreSQL: deadlock_detected, serialization_failure. The victim may simply run again.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+T = TypeVar("T")
+
+
+def transaction(conn: Connection, work: Callable[[Connection], T], *, attempts: int = 5) -> T:
+    """Run ``work`` in one transaction on ``conn``; retry it when the database picked this
+    transaction as a deadlock or serialization victim. ``work`` must only touch the database
+    (its effects are rolled back before a retry)."""
+    for attempt in range(attempts):
+        try:
+            with conn.begin():
+                return work(conn)
+        except DBAPIError as exc:
+            code = getattr(exc.orig, "sqlstate", None)
+            if code not in RETRYABLE_SQLSTATES or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 class Database:
     """The store handle: an Engine, a session factory and the dialect's capabilities."""
 
@@ -92,6 +113,10 @@ class Database:
     def session(self) -> Session:
         """A session for reading (its transaction does not take SQLite's write lock)."""
         return self.sessions()
+
+    def write_connection(self) -> Connection:
+        """A Core connection whose transactions write (SQLite: BEGIN IMMEDIATE)."""
+        return self.engine.execution_options(**{WRITE_OPTION: True}).connect()
 
     @contextmanager
     def write(self) -> Iterator[Session]:
