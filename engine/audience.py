@@ -97,8 +97,13 @@ def check_audience(
     suppressed: bool = False,
     active: bool = False,
     last: PastEnrollment | None = None,
+    entering: bool = True,
 ) -> Decision:
-    """Decide whether ``contact`` may enter a sequence with this audience at ``now``."""
+    """Decide whether ``contact`` may enter a sequence with this audience at ``now``.
+
+    With ``entering=False`` only the rules about who the contact is (kind, fields, score,
+    a recent complaint) apply: the check before each later step of a sequence already begun.
+    """
     if (stop := blocked(contact, suppressed)) is not None:
         return stop
     if audience.kind != "any" and contact.kind != audience.kind:
@@ -119,6 +124,19 @@ def check_audience(
         return Decision(
             False, "nps", f"{klass} ({shown}), sequence wants {', '.join(sorted(audience.nps))}"
         )
+    if contact.last_complaint_at is not None:
+        calm = contact.last_complaint_at + audience.no_complaint_within
+        if now < calm:
+            return Decision(
+                False,
+                "no_complaint_within",
+                f"complained {contact.last_complaint_at:%Y-%m-%d}, waits "
+                f"{_days(audience.no_complaint_within)}: eligible from {calm:%Y-%m-%d %H:%M}",
+                calm,
+            )
+    if not entering:
+        # Already in the sequence: only who the contact is matters, not when they entered.
+        return Decision(True, "still_eligible", f"{klass}, still matches the audience")
     if audience.nps_older_than is not None and contact.nps_at is not None:
         fresh_until = contact.nps_at + audience.nps_older_than
         if now < fresh_until:
@@ -139,16 +157,6 @@ def check_audience(
             f"eligible from {ready:%Y-%m-%d %H:%M}",
             ready,
         )
-    if contact.last_complaint_at is not None:
-        calm = contact.last_complaint_at + audience.no_complaint_within
-        if now < calm:
-            return Decision(
-                False,
-                "no_complaint_within",
-                f"complained {contact.last_complaint_at:%Y-%m-%d}, waits "
-                f"{_days(audience.no_complaint_within)}: eligible from {calm:%Y-%m-%d %H:%M}",
-                calm,
-            )
     if active:
         return Decision(False, "enrolled", "already in this sequence")
     if last is not None:

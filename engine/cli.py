@@ -123,14 +123,17 @@ def main(argv: Seq[str] | None = None, console: Console | None = None) -> int:
     try:
         return _dispatch(args, console)
     except EngineError as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        err.print(f"error: {exc}", markup=False, highlight=False)
         cause = exc.__cause__
         while cause is not None:
-            err.print(f"  caused by: {cause}", highlight=False)
+            err.print(f"  caused by: {cause}", markup=False, highlight=False)
             cause = cause.__cause__
         return EXIT_ERROR
     except LookupError as exc:
-        err.print(f"[red]error:[/red] {exc.args[0] if exc.args else exc}", highlight=False)
+        err.print(f"error: {exc.args[0] if exc.args else exc}", markup=False, highlight=False)
+        return EXIT_ERROR
+    except OSError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
@@ -170,7 +173,9 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
                     try:
                         value = Decimal(args.value)
                     except InvalidOperation:
-                        raise SettingsError("--value", f"{args.value!r} is not a number") from None
+                        value = None
+                    if value is None or not value.is_finite() or not 0 <= value < 10**10:
+                        raise SettingsError("--value", f"{args.value!r} is not an amount") from None
                 return commands.referrals(
                     engine,
                     args.action,

@@ -24,7 +24,7 @@ from engine.scheduler import run as run_loop
 from engine.scheduler import tick as one_tick
 from engine.sender import contact_context
 from engine.sequences import SendStep, load_files, load_sequences
-from engine.settings import Settings
+from engine.settings import Settings, require_real_secret
 from engine.store.models import Contact
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
@@ -82,9 +82,9 @@ def validate(settings: Settings, paths: list[Path], console: Console) -> int:
 def import_contacts(engine: Engine, path: Path, console: Console) -> int:
     from engine.contacts import import_contacts as run_import
 
-    if not path.exists():
-        raise ImportRowError(f"{path}: no such file")
-    with path.open(encoding="utf-8-sig") as fh:
+    if not path.is_file():
+        raise ImportRowError(f"{path}: not a file" if path.exists() else f"{path}: no such file")
+    with path.open("rb") as fh:  # counting lines needs no decoding
         total = max(sum(1 for _ in fh) - 1, 0)
     with Progress(
         TextColumn("importing"),
@@ -123,12 +123,15 @@ def print_tick(result: TickResult, console: Console, now: str) -> None:
 
 
 async def tick(engine: Engine, console: Console) -> int:
+    require_real_secret(engine.settings)
     result = await one_tick(engine)
     print_tick(result, console, f"{engine.clock.now():%Y-%m-%d %H:%M} UTC")
     return EXIT_OK
 
 
 async def run(engine: Engine, console: Console, interval: float | None) -> int:
+    require_real_secret(engine.settings)
+
     def report(result: TickResult) -> None:
         if result.send.sent or result.plan.enrolled or result.send.errors:
             print_tick(result, console, f"{engine.clock.now():%Y-%m-%d %H:%M:%S} UTC")

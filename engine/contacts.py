@@ -94,7 +94,7 @@ def parse_row(row: dict[str, str]) -> dict[str, Any]:
             except ValueError as exc:
                 raise ImportRowError(f"email: {exc}") from None
         elif name == "nps_score":
-            if not text.isdigit() or not 0 <= int(text) <= 10:
+            if not re.fullmatch(r"[0-9]{1,2}", text) or not 0 <= int(text) <= 10:
                 raise ImportRowError(f"nps_score: {text!r} is not a whole number from 0 to 10")
             values["nps_score"] = int(text)
         elif name in DATES:
@@ -123,12 +123,22 @@ def parse_row(row: dict[str, str]) -> dict[str, Any]:
 
 def read_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """(row number as a spreadsheet shows it, row) pairs; the header is row 1."""
+    if not path.is_file():
+        raise ImportRowError(f"{path}: not a file")
     with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
-        if not reader.fieldnames or "email" not in [f.strip().lower() for f in reader.fieldnames]:
-            raise ImportRowError(f"{path}: row 1: the header has no email column")
-        for row in reader:
-            yield reader.line_num, row
+        try:
+            header = reader.fieldnames
+            if not header or "email" not in [f.strip().lower() for f in header]:
+                raise ImportRowError(f"{path}: row 1: the header has no email column")
+            for row in reader:
+                yield reader.line_num, row
+        except UnicodeDecodeError as exc:
+            # Rows before this one are imported; the file must be re-saved as UTF-8.
+            raise ImportRowError(
+                f"{path}: after row {reader.line_num}: not UTF-8 text ({exc.reason}); "
+                "save the file as UTF-8 and import it again"
+            ) from None
 
 
 def import_contacts(

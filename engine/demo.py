@@ -13,6 +13,7 @@ import dataclasses
 import email
 import email.policy
 import logging
+import secrets
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from engine.transport import SmtpTransport
 START = datetime(2026, 1, 5, 7, 0, tzinfo=UTC)  # a Monday morning
 ROOT = Path(__file__).resolve().parent.parent
 BOUNCING = "old.address@example.com"
+MARKER = ".engine-demo"
 
 
 @dataclass
@@ -119,6 +121,7 @@ def demo_settings(folder: Path, smtp_port: int) -> Settings:
         ),
         # Simulated seconds fly by: a lease or retry measured in minutes would expire
         # between two real milliseconds, so both are scaled to the accelerated clock.
+        tracking=dataclasses.replace(base.tracking, secret=secrets.token_urlsafe(32)),
         schedule=dataclasses.replace(base.schedule, tick_seconds=0.0, lease_seconds=7 * 86400),
         base_dir=folder,
     )
@@ -131,8 +134,18 @@ def run_demo(folder: Path, *, weeks: int, speed: float, console: Console) -> int
 async def _demo(folder: Path, weeks: int, speed: float, console: Console) -> int:
     # The demo narrates every decision itself; the engine's warnings would repeat them.
     logging.getLogger("engine").setLevel(logging.ERROR)
-    if folder.exists():
+    marker = folder / MARKER
+    if folder.exists() and any(folder.iterdir()):
+        if not marker.exists():
+            console.print(
+                f"[red]error:[/red] {folder} exists and was not made by the demo; "
+                "choose another --dir",
+                highlight=False,
+            )
+            return 2
         shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text("made by `python -m engine demo`; the next demo run replaces it\n")
     mail = folder / "mail"
     handler = EmlHandler(
         mail, refuse={BOUNCING: "550 5.1.1 <old.address@example.com>: user unknown"}

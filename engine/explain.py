@@ -35,7 +35,7 @@ def _audience_decision(
         seq.audience,
         now,
         suppressed=session.get(Suppression, contact.email) is not None,
-        active=any(r.status == "active" for r in runs),
+        active=any(r.status in ("active", "held") for r in runs),
         last=PastEnrollment(runs[-1].status, runs[-1].started_at) if runs else None,
     )
 

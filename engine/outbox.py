@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from engine.store.db import Database
 from engine.store.models import Enrollment, Message
@@ -19,14 +19,12 @@ def retry_held(db: Database, now: datetime, *, sequence: str | None = None) -> i
         *([Enrollment.sequence_id == sequence] if sequence else []),
     ]
     with db.write() as session:
-        ids = list(
-            session.scalars(select(Message.id).where(Message.status == "render_failed", *only))
-        )
-        session.execute(
+        ids = session.scalars(
             update(Message)
-            .where(Message.id.in_(ids))
+            .where(Message.status == "render_failed", *only)
             .values(status="queued", due_at=now, last_error=None, attempts=0)
-        )
+            .returning(Message.id)
+        ).all()
         # Waiting for its email (next_at NULL): resumes as it was. Held before planning (its
         # sequence file was missing): due again now.
         session.execute(

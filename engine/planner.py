@@ -17,11 +17,11 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from engine.audience import PastEnrollment, blocked, check_audience, check_trigger
+from engine.audience import Decision, PastEnrollment, blocked, check_audience, check_trigger
 from engine.clock import Clock
 from engine.mime import make_message_id
 from engine.sequences import BranchStep, SendStep, Sequence, WaitStep
@@ -75,6 +75,16 @@ def lock_rows(db: Database, stmt: Select[Any]) -> Select[Any]:
 
 def is_suppressed(session: Session, email: str) -> bool:
     return session.get(Suppression, email) is not None
+
+
+def suppress(session: Session, email: str, reason: str, at: datetime) -> None:
+    """Put ``email`` on the suppression list unless it is there (safe when two workers race)."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    session.execute(
+        dialect.insert(Suppression)
+        .values(email=email, reason=reason, created_at=at)
+        .on_conflict_do_nothing()
+    )
 
 
 class Planner:
@@ -131,7 +141,7 @@ class Planner:
             contact = session.get(Contact, ev.contact_id) if ev.contact_id else None
             if contact is not None:
                 self._apply_contact_state(session, ev, contact)
-                stats.stopped += self._apply_stops(session, ev, now)
+                stats.stopped += self._apply_stops(session, ev, contact, now)
                 rows = self._apply_triggers(session, ev, contact, now)
                 stats.enrolled += insert_ignore(session, self.db, Enrollment, rows)
                 if ev.type in RECHECK_EVENTS:
@@ -143,29 +153,58 @@ class Planner:
         """Whoever recorded an unsubscribe or a complaint, the contact's state follows it."""
         if ev.type == "unsubscribed" and contact.unsubscribed_at is None:
             contact.unsubscribed_at = ev.occurred_at
-        elif ev.type == "complained" and not is_suppressed(session, contact.email):
-            session.add(
-                Suppression(email=contact.email, reason="complaint", created_at=ev.occurred_at)
-            )
+        elif ev.type == "complained":
+            suppress(session, contact.email, "complaint", ev.occurred_at)
 
-    def _apply_stops(self, session: Session, ev: Event, now: datetime) -> int:
+    def _apply_stops(self, session: Session, ev: Event, contact: Contact, now: datetime) -> int:
+        """Stop what this event ends: stop_when, global stops, and asks the contact no longer
+        qualifies for (a promoter who just answered the survey with a 2)."""
         hard = ev.type == "bounced" and bool((ev.data or {}).get("hard"))
-        active = session.scalars(
+        running = session.scalars(
             select(Enrollment).where(
                 Enrollment.contact_id == ev.contact_id,
-                Enrollment.status == "active",
-                Enrollment.started_at <= ev.occurred_at,
+                Enrollment.status.in_(("active", "held")),
+                # An enrollment is never stopped by the event that started it; any other
+                # event counts, even one dated earlier (a backdated import or reply).
+                or_(Enrollment.trigger_event_id.is_(None), Enrollment.trigger_event_id != ev.id),
             )
         ).all()
         stopped = 0
-        for enrollment in active:
+        for enrollment in running:
             seq = self.sequences.get(enrollment.sequence_id)
             wanted = seq is not None and ev.type in seq.stop_when
             if wanted or ev.type in GLOBAL_STOPS or hard:
                 reason = f"{ev.type} at {ev.occurred_at:%Y-%m-%d %H:%M}"
-                self.end_enrollment(session, enrollment, "stopped", reason, now)
-                stopped += 1
+            elif (
+                seq is not None
+                and ev.type in RECHECK_EVENTS
+                and (lapsed := self.lapsed(session, seq, contact, now))
+            ):
+                reason = lapsed
+            else:
+                continue
+            self.end_enrollment(session, enrollment, "stopped", reason, now)
+            stopped += 1
         return stopped
+
+    def lapsed(
+        self,
+        session: Session,
+        seq: Sequence,
+        contact: Contact,
+        now: datetime,
+        suppressed: bool | None = None,
+    ) -> str | None:
+        """Why a contact already in ``seq`` no longer qualifies for its next step, or None."""
+        if suppressed is None:
+            suppressed = is_suppressed(session, contact.email)
+        if seq.audience is not None:
+            decision = check_audience(
+                contact, seq.audience, now, suppressed=suppressed, entering=False
+            )
+        else:
+            decision = blocked(contact, suppressed) or Decision(True, "eligible", "")
+        return None if decision.eligible else f"no longer eligible: {decision}"
 
     def _apply_triggers(
         self, session: Session, ev: Event, contact: Contact, now: datetime
@@ -223,7 +262,7 @@ class Planner:
                     seq.audience,
                     now,
                     suppressed=contact.email in suppressed,
-                    active=any(r.status == "active" for r in runs),
+                    active=any(r.status in ("active", "held") for r in runs),
                     last=PastEnrollment(runs[-1].status, runs[-1].started_at) if runs else None,
                 )
                 if decision.eligible:
@@ -264,7 +303,7 @@ class Planner:
             update(Message)
             .where(
                 Message.enrollment_id == enrollment.id,
-                Message.status.in_(("queued", "sending")),
+                Message.status.in_(("queued", "sending", "render_failed")),
             )
             .values(status="cancelled", last_error=reason, lease_owner=None, lease_until=None)
         )
@@ -297,6 +336,13 @@ class Planner:
                 select(Contact).where(Contact.id.in_({e.contact_id for e in due}))
             )
         }
+        suppressed = set(
+            session.scalars(
+                select(Suppression.email).where(
+                    Suppression.email.in_([c.email for c in contacts.values()])
+                )
+            )
+        )
         sent = self._sent_messages(session, [e.id for e in due])
         planned: list[dict[str, Any]] = []
         for enrollment in due:
@@ -314,6 +360,7 @@ class Planner:
                 now,
                 stats,
                 planned,
+                suppressed,
             )
         stats.planned += insert_ignore(session, self.db, Message, planned)
 
@@ -333,6 +380,7 @@ class Planner:
         now: datetime,
         stats: PlanStats,
         planned: list[dict[str, Any]],
+        suppressed: set[str],
     ) -> None:
         assert enrollment.next_at is not None
         base = enrollment.next_at  # when the previous step finished: waits count from here
@@ -358,6 +406,11 @@ class Planner:
                 pos = pos + 1 if target is None else seq.index(target)
             else:
                 assert isinstance(step, SendStep)
+                # Eligibility is checked again before every email, not only on entry.
+                if reason := self.lapsed(session, seq, contact, now, contact.email in suppressed):
+                    self.end_enrollment(session, enrollment, "stopped", reason, now)
+                    stats.stopped += 1
+                    return
                 planned.append(self._plan_send(seq, step, enrollment, contact, messages, base))
                 enrollment.position, enrollment.next_at = pos + 1, None
                 return

@@ -194,6 +194,14 @@ def _validate(s: Settings) -> None:
         raise SettingsError("smtp.port", "must be between 1 and 65535")
     if s.smtp.connections < 1:
         raise SettingsError("smtp.connections", "must be at least 1")
+    for key, value in (
+        ("smtp.max_attempts", s.smtp.max_attempts),
+        ("schedule.batch_size", s.schedule.batch_size),
+        ("schedule.lease_seconds", s.schedule.lease_seconds),
+        ("smtp.timeout", s.smtp.timeout),
+    ):
+        if value <= 0:
+            raise SettingsError(key, "must be greater than 0")
     if s.smtp.rate_per_second < 0:
         raise SettingsError("smtp.rate_per_second", "must not be negative")
     if not s.tracking.secret:
@@ -226,6 +234,29 @@ def _validate(s: Settings) -> None:
         parse_hours(s.schedule.hours)
     except ValueError as exc:
         raise SettingsError("schedule.hours", str(exc)) from None
+
+
+PLACEHOLDER_SECRETS = frozenset({"change-me", "test", "secret"})
+MIN_SECRET_LENGTH = 16
+
+
+def require_real_secret(settings: Settings) -> None:
+    """Refuse to send emails whose links anyone could forge: the HMAC key must be a real one.
+
+    Checked by the commands that send (tick, run), not at load, so `validate`, `preview` and
+    friends work with the shipped placeholder.
+    """
+    for key, value in [("tracking.secret", settings.tracking.secret)] + [
+        ("tracking.old_secrets", old) for old in settings.tracking.old_secrets
+    ]:
+        if value in PLACEHOLDER_SECRETS or len(value) < MIN_SECRET_LENGTH:
+            raise SettingsError(
+                key,
+                f"needs a private random value of at least {MIN_SECRET_LENGTH} characters "
+                "before emails go out (anyone knowing it can forge tracking links); set "
+                "ENGINE_TRACKING_SECRET, e.g. to the output of "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+            )
 
 
 def load_settings(

@@ -110,7 +110,7 @@ def write_settings(
         retry_base_seconds = 60
         [tracking]
         base_url = "https://t.example.com"
-        secret = "test-secret"
+        secret = "test-secret-0123456789abcdef"
         [sender]
         from_name = "Acme Team"
         from_email = "team@acme.example"

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from engine.cli import main
 from tests.conftest import ROOT, Project
 from tests.scenario import ASK, TEMPLATES, contacts, engine_command, setup
 
@@ -112,3 +116,48 @@ def test_run_sends_and_stops_cleanly_on_sigterm(program: Project) -> None:
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert len(program.sink.messages) == 1
+
+
+def test_hostile_or_broken_input_gets_a_message_not_a_traceback(
+    program: Project, tmp_path: Path
+) -> None:
+    code, out = program.cli("explain", "--contact", "[/red]@x.example")
+    assert code == 2 and "no contact [/red]@x.example" in out
+    code, out = program.cli("contacts", "import", str(tmp_path))
+    assert code == 2 and "not a file" in out
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes(
+        "email,first_name\nok@example.com,Ok\nj@example.com,J\xe9r\xf4me\n".encode("latin-1")
+    )
+    code, out = program.cli("contacts", "import", str(latin1))
+    assert code == 2 and "not UTF-8" in out and "Traceback" not in out
+    weird = program.contacts("email,nps_score\nw@example.com,\u00b2\n", "weird.csv")
+    code, out = program.cli("contacts", "import", str(weird))
+    assert code == 1 and "nps_score" in out
+    contacts(program, ANA)
+    program.cli("referrals", "add", "--referrer", "ana@example.com", "--email", "f@example.com")
+    for bad in ("1e20", "NaN", "-5", "lots"):
+        code, out = program.cli("referrals", "convert", "--email", "f@example.com", "--value", bad)
+        assert code == 2 and "--value" in out
+
+
+def test_sending_refuses_a_placeholder_secret(program: Project) -> None:
+    program.settings_path.write_text(
+        program.settings_path.read_text().replace("test-secret-0123456789abcdef", "change-me")
+    )
+    contacts(program, ANA)
+    code, out = program.cli("tick")
+    assert code == 2 and "ENGINE_TRACKING_SECRET" in out
+    assert program.sink.messages == []
+    assert program.cli("validate")[0] == 0  # checking files needs no secret
+
+
+def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    code = main(
+        ["demo", "--dir", str(precious), "--weeks", "1"], console=Console(file=io.StringIO())
+    )
+    assert code == 2
+    assert (precious / "thesis.txt").read_text() == "years of work"

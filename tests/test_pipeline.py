@@ -358,3 +358,64 @@ def test_report_shows_the_alert_while_sending_is_paused(program: Project) -> Non
     program.clock.advance(timedelta(hours=2))
     _, out = program.cli("report")
     assert "ALERT" not in out
+
+
+def test_a_promoter_who_turns_detractor_gets_no_reminder(program: Project) -> None:
+    contacts(program, ANA)
+    program.cli("tick")
+    contacts(program, ANA.replace(",10,2026-01-01,", ",2,2026-03-02,"))  # answered 2 today
+    program.cli("tick")
+    program.clock.advance(timedelta(days=4))
+    program.cli("tick")
+    assert len(program.sink.messages) == 1
+    _, out = program.cli("explain", "--contact", "ana@example.com")
+    assert "no longer eligible" in out and "min_score" in out
+
+
+def test_a_complaint_mid_sequence_holds_the_reminder_back(program: Project) -> None:
+    contacts(program, ANA)
+    program.cli("tick")
+    contacts(program, ANA.replace(",2025-01-01,,en,", ",2025-01-01,2026-03-03,en,"))
+    program.clock.advance(timedelta(days=4))
+    program.cli("tick")
+    assert len(program.sink.messages) == 1
+
+
+def test_a_held_ask_is_not_revived_after_the_contact_referred(program: Project) -> None:
+    nameless = "sam@example.com,,Kowalski,Print,UTC,10,2026-01-01,2025-01-01,,en,customer"
+    contacts(program, nameless)
+    program.cli("tick")
+    program.cli("referrals", "add", "--referrer", "sam@example.com", "--email", "f@example.com")
+    program.cli("tick")
+    program.cli("outbox", "retry")
+    program.clock.advance(timedelta(days=4))
+    program.cli("tick")
+    subjects = [m.message["Subject"] for m in program.sink.messages]
+    assert subjects == ["Thank you for introducing your friend"]
+
+
+def test_a_backdated_survey_answer_still_stops_the_survey(
+    make_project: Callable[..., Project],
+) -> None:
+    survey = """
+    id: survey
+    name: Survey
+    audience: {kind: customer, nps: any, min_score: null}
+    stop_when: [replied, unsubscribed, bounced, nps.answered]
+    steps:
+      - id: ask
+        send: {template: ask.mjml, subject: "Quick question"}
+      - wait: 4d
+      - id: again
+        send: {template: reminder.mjml, reply_to_previous: true}
+    """
+    program = setup(make_project(shipped=False), {"survey": survey})
+    tom = "tom@example.com,Tom,Chen,Co,UTC,,,2025-01-01,,en,customer"
+    contacts(program, tom)
+    program.cli("tick")
+    program.clock.advance(timedelta(days=1))
+    contacts(program, tom.replace(",,,2025", ",9,2026-03-02,2025"))  # dated the day before
+    program.cli("tick")
+    program.clock.advance(timedelta(days=4))
+    program.cli("tick")
+    assert len(program.sink.messages) == 1
