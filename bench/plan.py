@@ -21,6 +21,7 @@ from engine.planner import Planner
 from engine.sequences import load_sequences
 from engine.settings import Settings
 from engine.store.db import Database
+from engine.store.models import Meta
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
@@ -80,6 +81,8 @@ def main() -> None:
         settings = Settings()
         db = Database(f"sqlite:///{path}")
         planner = Planner(db, loaded.sequences, settings, FixedClock(NOW))
+        with db.write() as session:  # steady state: these rules were planned with before
+            session.add(Meta(key="audience_fingerprint", value=planner.audience_fingerprint()))
         tracemalloc.start()
         t0 = time.perf_counter()
         stats = planner.plan()

@@ -8,6 +8,8 @@ planners on one database, or a planner restarted after a crash, never plan a ste
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import secrets
 from collections import defaultdict
@@ -27,7 +29,7 @@ from engine.mime import make_message_id
 from engine.sequences import BranchStep, SendStep, Sequence, WaitStep
 from engine.settings import Settings
 from engine.store.db import Database
-from engine.store.models import Contact, Enrollment, Event, Message, Suppression
+from engine.store.models import Contact, Enrollment, Event, Message, Meta, Suppression
 from engine.windows import SendWindow, next_open
 
 log = logging.getLogger("engine.planner")
@@ -112,6 +114,8 @@ class Planner:
     def plan(self) -> PlanStats:
         """One planning pass at the clock's now: events, then enrollment, then due steps."""
         stats = PlanStats()
+        with self.db.write() as session:
+            self.recheck_if_audiences_changed(session, self.clock.now())
         while (part := self._batch(self.process_events)).events:
             stats += part
         while (part := self._batch(self.enroll_due_contacts)).checked:
@@ -125,6 +129,41 @@ class Planner:
         with self.db.write() as session:
             work(session, self.clock.now(), stats)
         return stats
+
+    def audience_fingerprint(self) -> str:
+        """A digest of every audience rule in force (stable across processes)."""
+        rules = [
+            [
+                seq.id,
+                a.kind,
+                sorted(a.nps),
+                a.min_score,
+                a.customer_for_at_least.total_seconds(),
+                a.no_complaint_within.total_seconds(),
+                a.reenter_after.total_seconds() if a.reenter_after is not None else None,
+                a.nps_older_than.total_seconds() if a.nps_older_than is not None else None,
+                sorted([name, sorted(map(str, values))] for name, values in a.where),
+            ]
+            for seq in sorted(self.audience_sequences, key=lambda s: s.id)
+            if (a := seq.audience) is not None
+        ]
+        return hashlib.sha256(json.dumps(rules).encode()).hexdigest()
+
+    def recheck_if_audiences_changed(self, session: Session, now: datetime) -> None:
+        """A sequence added, fixed or widened must see every contact again, once."""
+        fingerprint = self.audience_fingerprint()
+        stored = session.get(Meta, "audience_fingerprint")
+        if stored is not None and stored.value == fingerprint:
+            return
+        session.execute(
+            update(Contact)
+            .where(or_(Contact.check_at.is_(None), Contact.check_at > now))
+            .values(check_at=now)
+        )
+        if stored is None:
+            session.add(Meta(key="audience_fingerprint", value=fingerprint))
+        else:
+            stored.value = fingerprint
 
     # -- events ------------------------------------------------------------------------------
 

@@ -419,3 +419,23 @@ def test_a_backdated_survey_answer_still_stops_the_survey(
     program.clock.advance(timedelta(days=4))
     program.cli("tick")
     assert len(program.sink.messages) == 1
+
+
+def test_a_new_sequence_file_sees_every_existing_contact(program: Project) -> None:
+    contacts(program, PETE)  # a passive: nothing for him in the shipped-for-test program
+    program.cli("tick")
+    assert program.sink.messages == []
+    program.write("sequences/passives.yaml", ASK_PASSIVES)
+    program.clock.advance(timedelta(days=1))
+    program.cli("tick")
+    assert sent_to(program) == ["pete@example.com"]
+
+
+ASK_PASSIVES = """
+id: passives
+name: Happy passives, later
+audience: {kind: customer, nps: passive}
+steps:
+  - id: ask
+    send: {template: thanks.mjml, subject: "How could we earn a 10?"}
+"""

@@ -28,10 +28,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
-    # No checkpoint inside a writer's commit (it folds the whole WAL into the file, with an
-    # fsync, in the middle of planning or sending): the scheduler checkpoints between ticks,
-    # and SQLite checkpoints when the last connection closes.
-    cursor.execute("PRAGMA wal_autocheckpoint=0")
+    # Checkpoints fold the WAL into the file with an fsync; inside a writer's commit they stall
+    # planning or sending. The scheduler checkpoints between ticks and SQLite does when the
+    # last connection closes; this high threshold only bounds the WAL (about 80 MB) for
+    # processes that never do either.
+    cursor.execute("PRAGMA wal_autocheckpoint=20000")
     cursor.close()
 
 

@@ -189,6 +189,15 @@ class Suppression(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
+class Meta(Base):
+    """Small facts the engine keeps about itself (e.g. the audience rules last planned with)."""
+
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
 class Alert(Base):
     """Something a person must look at; ``pause_until`` set means sending is paused until then."""
 

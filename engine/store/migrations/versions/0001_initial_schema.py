@@ -57,6 +57,12 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_contacts_check_at"), ["check_at"], unique=False)
 
     op.create_table(
+        "meta",
+        sa.Column("key", sa.String(length=64), nullable=False),
+        sa.Column("value", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("key", name=op.f("pk_meta")),
+    )
+    op.create_table(
         "suppressions",
         sa.Column("email", sa.String(length=320), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
@@ -248,6 +254,7 @@ def downgrade() -> None:
 
     op.drop_table("enrollments")
     op.drop_table("suppressions")
+    op.drop_table("meta")
     with op.batch_alter_table("contacts", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_contacts_check_at"))
 
