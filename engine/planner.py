@@ -346,12 +346,13 @@ class Planner:
             )
             .values(status="cancelled", last_error=reason, lease_owner=None, lease_until=None)
         )
-        seq = self.sequences.get(enrollment.sequence_id)
-        if seq is not None and seq.audience is not None and seq.audience.reenter_after is not None:
-            again = enrollment.started_at + seq.audience.reenter_after
-            contact = session.get(Contact, enrollment.contact_id)
-            if contact is not None and (contact.check_at is None or again < contact.check_at):
-                contact.check_at = again
+        schedule_reentry(
+            session,
+            self.sequences,
+            enrollment.contact_id,
+            enrollment.sequence_id,
+            enrollment.started_at,
+        )
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -503,6 +504,30 @@ class Planner:
             "fence": 0,
             "created_at": self.clock.now(),
         }
+
+
+def schedule_reentry(
+    session: Session,
+    sequences: dict[str, Sequence],
+    contact_id: int,
+    sequence_id: str,
+    started_at: datetime,
+) -> None:
+    """Re-check the contact's audience when the ended enrollment allows re-entry, unless a
+    re-check is already due sooner."""
+    seq = sequences.get(sequence_id)
+    if seq is None or seq.audience is None or seq.audience.reenter_after is None:
+        return
+    again = started_at + seq.audience.reenter_after
+    session.execute(
+        update(Contact)
+        .where(
+            Contact.id == contact_id,
+            or_(Contact.check_at.is_(None), Contact.check_at > again),
+        )
+        .values(check_at=again)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def record_event(

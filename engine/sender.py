@@ -3,8 +3,10 @@
 A claim bumps the row's ``fence``. Before talking SMTP and when recording the result, the
 worker proves it still holds the lease with ``WHERE id = :id AND fence = :fence``: a worker that
 wakes up after its lease expired (and someone else re-claimed the row) can neither send nor
-record. A crash leaves rows in ``sending``; once their lease runs out they are claimed again and
-go out with the same Message-ID.
+record. The check before SMTP also repeats the claim's conditions (enrollment active, contact
+not unsubscribed or suppressed, no event pending), since a batch can take minutes; a row that
+fails only those goes back to the queue. A crash leaves rows in ``sending``; once their lease
+runs out they are claimed again and go out with the same Message-ID.
 
 Per email the database sees one write transaction: a claimed batch is loaded with a few
 queries, and each worker renders its next email before sending the current one, so that the
@@ -40,13 +42,14 @@ from sqlalchemy.orm import Session
 from engine.clock import Clock
 from engine.errors import PermanentFailure, PolicyFailure, TemplateError, TemporaryFailure
 from engine.mime import OutgoingEmail, build_message
-from engine.planner import record_event
+from engine.planner import record_event, schedule_reentry, suppress
 from engine.rendering import Renderer
 from engine.sequences import SendStep, Sequence
 from engine.settings import Settings
 from engine.store.db import Database, transaction
 from engine.store.models import Alert, Contact, Enrollment, Event, Message, Suppression
 from engine.transport import Transport
+from engine.windows import SendWindow, next_open
 
 log = logging.getLogger("engine.sender")
 T = TypeVar("T")
@@ -105,19 +108,45 @@ class _Ready:
 # ORM's bulk-update machinery and statement construction, which cost more than SQLite itself.
 _messages = cast(Table, Message.__table__)
 _enrollments = cast(Table, Enrollment.__table__)
-_mine = and_(
-    _messages.c.id == bindparam("b_id"),
-    _messages.c.fence == bindparam("b_fence"),
-    _messages.c.status == "sending",
+_contacts = cast(Table, Contact.__table__)
+_events = cast(Table, Event.__table__)
+_suppressions = cast(Table, Suppression.__table__)
+_ours = and_(_messages.c.id == bindparam("b_id"), _messages.c.fence == bindparam("b_fence"))
+_mine = and_(_ours, _messages.c.status == "sending")
+_leased = and_(_mine, _messages.c.lease_until > bindparam("b_now"))
+# The claim's conditions, checked again right before SMTP: a batch takes minutes, and a
+# reply, unsubscribe, complaint or stop recorded meanwhile must hold back an email not yet sent.
+_still_wanted = and_(
+    exists().where(
+        _enrollments.c.id == _messages.c.enrollment_id, _enrollments.c.status == "active"
+    ),
+    exists().where(
+        _contacts.c.id == _messages.c.contact_id,
+        _contacts.c.unsubscribed_at.is_(None),
+        ~exists().where(_suppressions.c.email == _contacts.c.email),
+    ),
+    ~exists().where(_events.c.contact_id == _messages.c.contact_id, _events.c.handled_at.is_(None)),
 )
 _EXTEND_LEASE = (
-    update(_messages)
-    .where(_mine, _messages.c.lease_until > bindparam("b_now"))
-    .values(lease_until=bindparam("b_until"))
+    update(_messages).where(_leased, _still_wanted).values(lease_until=bindparam("b_until"))
 )
+# A leased row that failed only the re-check goes back to the queue at once (no attempt was
+# made); the claim skips it until the planner has dealt with what stopped it.
+_GIVE_BACK = (
+    update(_messages)
+    .where(_leased)
+    .values(
+        status="queued",
+        lease_owner=None,
+        lease_until=None,
+        attempts=_messages.c.attempts - 1,
+    )
+)
+# Cancelling (planner.end_enrollment) does not bump the fence: an email whose enrollment was
+# stopped while its SMTP transaction was under way did go out, and is recorded as sent.
 _MARK_SENT = (
     update(_messages)
-    .where(_mine)
+    .where(_ours, or_(_messages.c.status == "sending", _messages.c.status == "cancelled"))
     .values(
         status="sent",
         sent_at=bindparam("b_now"),
@@ -186,6 +215,9 @@ class Sender:
         self.clock = clock
         self.worker_id = worker_id
         self.lease = timedelta(seconds=settings.schedule.lease_seconds)
+        self.default_window = SendWindow.parse(
+            settings.schedule.days, settings.schedule.hours, "contact"
+        )
 
     # -- claiming ----------------------------------------------------------------------------
 
@@ -306,7 +338,7 @@ class Sender:
                     tx: Connection,
                     c: Claimed = c,
                     done: tuple[Claimed, str] | None = unrecorded,
-                ) -> tuple[bool | None, bool]:
+                ) -> tuple[bool | None, bool | None]:
                     marked = None if done is None else self._mark_sent(tx, *done)
                     return marked, self._fence(tx, c)
 
@@ -318,16 +350,19 @@ class Sender:
                 upcoming = prepare_next()
                 if not mine:
                     stats.skipped += 1
-                    log.warning("lease_lost message=%s fence=%s", c.id, c.fence)
+                    if mine is None:
+                        log.info("email_stopped_before_smtp message=%s", c.id)
+                    else:
+                        log.warning("lease_lost message=%s fence=%s", c.id, c.fence)
                     continue
                 try:
                     await self.transport.send(
                         self.settings.sender.from_email, ready.recipient, ready.data
                     )
                 except TemporaryFailure as exc:
-                    self._retry(c, exc, stats)
+                    self._retry(c, exc, stats, loaded[c.id])
                 except PolicyFailure as exc:
-                    self._pause(c, exc, stats)
+                    self._pause(c, exc, stats, loaded[c.id])
                 except PermanentFailure as exc:
                     self._fail(c, exc, stats)
                 else:
@@ -383,11 +418,21 @@ class Sender:
         elif marked is False:
             stats.skipped += 1
 
-    def _fence(self, conn: Connection, c: Claimed) -> bool:
-        """Fencing check before SMTP: extend the lease only if nobody re-claimed the row."""
+    def _fence(self, conn: Connection, c: Claimed) -> bool | None:
+        """Fencing check before SMTP: extend the lease only if nobody re-claimed the row and
+        the email is still wanted (enrollment active, contact neither unsubscribed nor
+        suppressed, no event waiting for the planner).
+
+        True: send it. None: still ours but no longer wanted, so it went back to the queue.
+        False: the lease is lost (re-claimed, expired or the row was cancelled).
+        """
         now = self.clock.now()
         params = {"b_id": c.id, "b_fence": c.fence, "b_now": now, "b_until": now + self.lease}
-        return bool(conn.execute(_EXTEND_LEASE, params).rowcount)
+        if conn.execute(_EXTEND_LEASE, params).rowcount:
+            return True
+        if conn.execute(_GIVE_BACK, params).rowcount:
+            return None
+        return False
 
     # -- preparing ---------------------------------------------------------------------------
 
@@ -516,45 +561,48 @@ class Sender:
             stats.failed += 1
         stats.errors.append(reason)
 
-    def _retry(self, c: Claimed, exc: TemporaryFailure, stats: SendStats) -> None:
+    def _in_window(self, instant: datetime, row: _Loaded) -> datetime:
+        """The first instant at or after ``instant`` when the message's sequence may send to
+        its contact (the sequence's window, else the settings one, on the contact's clock)."""
+        seq = self.sequences.get(row.message.sequence_id)
+        window = (seq.window if seq is not None else None) or self.default_window
+        zone = window.zone(row.contact.timezone, self.settings.schedule.timezone)
+        return next_open(instant, window, zone)
+
+    def _retry(self, c: Claimed, exc: TemporaryFailure, stats: SendStats, row: _Loaded) -> None:
         now = self.clock.now()
         smtp = self.settings.smtp
         with self.db.write() as session:
             attempts = session.scalar(select(Message.attempts).where(Message.id == c.id)) or 1
             if attempts >= smtp.max_attempts:
                 reason = f"gave up after {attempts} attempts: {exc}"
-                self._finish(session, c, status="failed", last_error=reason)
+                if not self._finish(session, c, status="failed", last_error=reason):
+                    stats.skipped += 1  # no longer ours: its enrollment is not ours to stop
+                    return
                 self._stop_enrollment(session, c, reason, now)
                 stats.failed += 1
                 return
             delay = min(smtp.retry_max_seconds, smtp.retry_base_seconds * 2 ** (attempts - 1))
             delay = max(delay * random.uniform(0.8, 1.2), exc.retry_after or 0.0)
-            self._finish(
-                session,
-                c,
-                status="queued",
-                last_error=str(exc),
-                due_at=now + timedelta(seconds=delay),
-            )
-        log.info("email_deferred message=%s delay=%.0fs reason=%s", c.id, delay, exc)
+            due = self._in_window(now + timedelta(seconds=delay), row)
+            if not self._finish(session, c, status="queued", last_error=str(exc), due_at=due):
+                stats.skipped += 1
+                return
+        log.info("email_deferred message=%s due=%s reason=%s", c.id, due.isoformat(), exc)
         stats.retried += 1
 
     def _fail(self, c: Claimed, exc: PermanentFailure, stats: SendStats) -> None:
         now = self.clock.now()
         with self.db.write() as session:
             if not self._finish(session, c, status="failed", last_error=str(exc)):
+                stats.skipped += 1
                 return
             message = session.get(Message, c.id)
             assert message is not None
             contact = session.get(Contact, message.contact_id)
             assert contact is not None
             if exc.hard_bounce:
-                if session.get(Suppression, contact.email) is None:
-                    session.add(
-                        Suppression(
-                            email=contact.email, reason=f"hard bounce: {exc}", created_at=now
-                        )
-                    )
+                suppress(session, contact.email, f"hard bounce: {exc}", now)
                 stats.bounced += 1
             record_event(
                 session,
@@ -574,7 +622,9 @@ class Sender:
         stats.failed += 1
 
     def _stop_enrollment(self, session: Session, c: Claimed, reason: str, now: datetime) -> None:
-        session.execute(
+        """Stop the message's enrollment (delivery failed) and schedule the contact's re-check,
+        as planner.end_enrollment does for the enrollments it ends."""
+        stopped = session.execute(
             update(Enrollment)
             .where(
                 Enrollment.id
@@ -582,15 +632,28 @@ class Sender:
                 Enrollment.status == "active",
             )
             .values(status="stopped", reason=reason, ended_at=now, next_at=None)
-        )
+            .returning(Enrollment.contact_id, Enrollment.sequence_id, Enrollment.started_at)
+            .execution_options(synchronize_session=False)
+        ).first()
+        if stopped is not None:
+            schedule_reentry(session, self.sequences, *stopped)
 
-    def _pause(self, c: Claimed, exc: PolicyFailure, stats: SendStats) -> None:
-        """The server refuses *us*: stop sending for a while and tell a person; keep the contact."""
+    def _pause(self, c: Claimed, exc: PolicyFailure, stats: SendStats, row: _Loaded) -> None:
+        """The server refuses *us*: stop sending for a while and tell a person; keep the contact.
+
+        The email goes back to the queue for the first moment of its send window after the
+        pause, so it does not go out in the middle of the contact's night once the pause ends.
+        """
         now = self.clock.now()
         until = now + timedelta(seconds=self.settings.smtp.policy_pause_seconds)
         with self.db.write() as session:
             self._finish(
-                session, c, status="queued", last_error=str(exc), attempts=Message.attempts - 1
+                session,
+                c,
+                status="queued",
+                last_error=str(exc),
+                attempts=Message.attempts - 1,
+                due_at=self._in_window(until, row),
             )
             if active_pause(session, now) is None:
                 session.add(

@@ -212,12 +212,12 @@ def _validate(s: Settings) -> None:
         raise SettingsError("sender.from_email", "must be an email address")
     if not s.sender.postal_address.strip():
         raise SettingsError("sender.postal_address", "required: every email's footer shows it")
-    for key, value in (
+    for key, text in (
         ("sender.from_name", s.sender.from_name),
         ("sender.from_email", s.sender.from_email),
         ("sender.reply_to", s.sender.reply_to),
     ):
-        if any(c in value for c in "\r\n\0\u2028\u2029"):
+        if any(c in text for c in "\r\n\0\u2028\u2029"):
             raise SettingsError(key, "must not contain line breaks")
     try:
         parse_zone(s.schedule.timezone)

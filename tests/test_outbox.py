@@ -6,16 +6,19 @@ import signal
 import subprocess
 from collections import Counter
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select, update
 
-from engine.sender import SendStats
-from engine.store.models import Message
+from engine.errors import TemporaryFailure
+from engine.planner import record_event
+from engine.sender import Claimed, SendStats
+from engine.store.db import transaction
+from engine.store.models import Contact, Enrollment, Event, Message, Suppression
 from engine.transport import SmtpTransport
-from tests.conftest import ROOT, Project
-from tests.scenario import HEADER, contacts, engine_command, setup
+from tests.conftest import MONDAY, ROOT, Project
+from tests.scenario import HEADER, contacts, engine_command, sent_to, setup
 
 
 def promoters(n: int) -> list[str]:
@@ -120,3 +123,206 @@ def test_header_row_only_csv(program: Project) -> None:
     path = program.contacts(HEADER)
     code, out = program.cli("contacts", "import", str(path))
     assert code == 0 and "0 created" in out
+
+
+def statuses(project: Project) -> dict[str, str]:
+    """Each contact's email -> the status of its (only) outbox row."""
+    engine = project.engine()
+    with engine.db.session() as s:
+        rows = s.execute(
+            select(Contact.email, Message.status).join(Message, Message.contact_id == Contact.id)
+        ).all()
+    engine.close()
+    return dict(rows)
+
+
+async def test_an_email_stopped_after_the_claim_is_not_sent(program: Project) -> None:
+    contacts(program, *promoters(5))
+    engine = program.engine()
+    engine.planner().plan()
+    now = program.clock.now()
+    async with SmtpTransport(engine.settings.smtp) as transport:
+        sender = engine.sender(transport, worker_id="w")
+        claimed = sender.claim(10)
+        assert len(claimed) == 5
+        # While the batch is under way: an unsubscribe event, an unsubscribe written onto the
+        # contact, a suppression, and an enrollment stopped without its email cancelled.
+        with engine.db.write() as s:
+            ids = {email: id_ for email, id_ in s.execute(select(Contact.email, Contact.id))}
+            record_event(s, "unsubscribed", now, contact_id=ids["p001@example.com"])
+            s.execute(
+                update(Contact)
+                .where(Contact.id == ids["p002@example.com"])
+                .values(unsubscribed_at=now)
+            )
+            s.add(Suppression(email="p003@example.com", reason="complaint", created_at=now))
+            s.execute(
+                update(Enrollment)
+                .where(Enrollment.contact_id == ids["p004@example.com"])
+                .values(status="stopped")
+            )
+        stats = SendStats()
+        await sender.deliver(claimed, stats, None)
+        assert stats.sent == 1 and stats.skipped == 4
+        assert sent_to(program) == ["p000@example.com"]
+        # Not left in "sending" until the lease runs out: back in the queue, where the claim
+        # skips them and the planner cancels what the unsubscribe ended.
+        assert statuses(program) == {
+            "p000@example.com": "sent",
+            **{f"p00{i}@example.com": "queued" for i in range(1, 5)},
+        }
+        engine.planner().plan()
+        assert statuses(program)["p001@example.com"] == "cancelled"
+        assert (await sender.send_due()).sent == 0
+    assert sent_to(program) == ["p000@example.com"]
+    engine.close()
+
+
+async def test_an_email_cancelled_during_its_smtp_transaction_is_recorded_as_sent(
+    program: Project,
+) -> None:
+    contacts(program, *promoters(1))
+    engine = program.engine()
+    engine.planner().plan()
+    async with SmtpTransport(engine.settings.smtp) as transport:
+        sender = engine.sender(transport, worker_id="w")
+        [c] = sender.claim(10)
+        with engine.db.write_connection() as conn:
+            assert transaction(conn, lambda tx: sender._fence(tx, c)) is True
+        # Its SMTP transaction is under way when a reply ends the enrollment.
+        program.clock.advance(timedelta(seconds=3))
+        with engine.db.write() as s:
+            enrollment = s.scalars(select(Enrollment)).one()
+            engine.planner().end_enrollment(
+                s, enrollment, "stopped", "replied", program.clock.now()
+            )
+        assert statuses(program) == {"p000@example.com": "cancelled"}
+        stats = SendStats()
+        # A worker whose fence moved on still never records anything.
+        await sender._record_sent(Claimed(c.id, c.fence - 1), stats, "stale")
+        assert stats.sent == 0 and stats.skipped == 1
+        # The server accepted the email: it went out, so it is recorded as sent.
+        await sender._record_sent(c, stats, "P0, who could you introduce?")
+        assert stats.sent == 1
+    with engine.db.session() as s:
+        message = s.scalars(select(Message)).one()
+        assert (message.status, message.sent_at) == ("sent", program.clock.now())
+        assert message.subject == "P0, who could you introduce?"
+        assert message.lease_owner is None and message.lease_until is None
+        assert s.scalars(select(Enrollment.status)).one() == "stopped"
+    engine.close()
+
+
+async def test_a_hard_bounce_of_an_address_suppressed_meanwhile_is_recorded(
+    program: Project,
+) -> None:
+    contacts(program, *promoters(2))
+    program.sink.rcpt_responses["p000@example.com"] = "550 5.1.1 <p000@example.com>: user unknown"
+    engine = program.engine()
+    engine.planner().plan()
+    raced: list[str] = []
+
+    def race(_conn: object, cursor: object, statement: str, *_args: object) -> None:
+        """Someone else (a complaint, another worker's bounce) suppresses the address between
+        the sender deciding to suppress it and its INSERT."""
+        if not raced and statement.lstrip().upper().startswith("INSERT INTO SUPPRESSIONS"):
+            raced.append(statement)
+            cursor.execute(  # type: ignore[attr-defined]
+                "INSERT INTO suppressions (email, reason, created_at)"
+                " VALUES ('p000@example.com', 'complaint', '2026-03-02 09:00:00')"
+            )
+
+    event.listen(engine.db.engine, "before_cursor_execute", race)
+    async with SmtpTransport(engine.settings.smtp) as transport:
+        stats = await engine.sender(transport, worker_id="w").send_due()
+    event.remove(engine.db.engine, "before_cursor_execute", race)
+    assert raced
+    assert (stats.sent, stats.failed, stats.bounced) == (1, 1, 1)
+    assert statuses(program) == {"p000@example.com": "failed", "p001@example.com": "sent"}
+    with engine.db.session() as s:
+        assert s.scalars(select(Suppression.reason)).all() == ["complaint"]
+        bounces = s.scalars(select(Event.data).where(Event.type == "bounced")).all()
+        assert [b["hard"] for b in bounces] == [True]
+    engine.close()
+
+
+async def test_a_failed_delivery_schedules_the_contacts_reentry(program: Project) -> None:
+    contacts(program, *promoters(1))
+    program.sink.rcpt_responses["p000@example.com"] = "552 5.2.2 Mailbox full"
+    engine = program.engine()
+    engine.planner().plan()
+    async with SmtpTransport(engine.settings.smtp) as transport:
+        stats = await engine.sender(transport, worker_id="w").send_due()
+    assert stats.failed == 1 and stats.bounced == 0
+    with engine.db.session() as s:
+        enrollment = s.scalars(select(Enrollment)).one()
+        assert enrollment.status == "stopped"
+        # The ask sequence's audience lets a contact in again 90 days after the last entry.
+        check_at = s.scalars(select(Contact.check_at)).one()
+        assert check_at == enrollment.started_at + timedelta(days=90)
+    engine.close()
+
+
+async def test_a_worker_that_lost_the_lease_does_not_give_up_on_the_enrollment(
+    program: Project,
+) -> None:
+    contacts(program, *promoters(1))
+    engine = program.engine()
+    engine.planner().plan()
+    max_attempts = engine.settings.smtp.max_attempts
+    async with SmtpTransport(engine.settings.smtp) as transport:
+        late = engine.sender(transport, worker_id="late")
+        [old] = late.claim(10)
+        program.clock.advance(timedelta(seconds=engine.settings.schedule.lease_seconds + 1))
+        fresh = engine.sender(transport, worker_id="fresh")
+        [new] = fresh.claim(10)
+        with engine.db.write() as s:
+            s.execute(update(Message).values(attempts=max_attempts))
+        row = fresh._load([new])[new.id]
+        failure = TemporaryFailure("451 4.3.0 Try again later", code=451)
+        stats = SendStats()
+        late._retry(old, failure, stats, row)  # its last attempt, but no longer its row
+        assert (stats.failed, stats.skipped) == (0, 1)
+        with engine.db.session() as s:
+            assert s.scalars(select(Enrollment.status)).one() == "active"
+            assert s.scalars(select(Message.status)).one() == "sending"
+        fresh._retry(new, failure, stats, row)
+        assert stats.failed == 1
+    with engine.db.session() as s:
+        assert s.scalars(select(Enrollment.status)).one() == "stopped"
+        assert s.scalars(select(Message.status)).one() == "failed"
+    engine.close()
+
+
+async def test_a_retry_waits_for_the_send_window(program: Project) -> None:
+    program.clock.set(MONDAY.replace(hour=16))  # the window (mon-fri 09:00-17:00 UTC) is open
+    contacts(program, *promoters(1))
+    program.sink.rcpt_responses["p000@example.com"] = "451 4.3.0 Try again in 6 hours"
+    engine = program.engine()
+    engine.planner().plan()
+    async with SmtpTransport(engine.settings.smtp) as transport:
+        stats = await engine.sender(transport, worker_id="w").send_due()
+    assert stats.retried == 1
+    with engine.db.session() as s:
+        message = s.scalars(select(Message)).one()
+    # 16:00 + 6 h is 22:00: the window opens again Tuesday 09:00.
+    assert (message.status, message.due_at) == ("queued", datetime(2026, 3, 3, 9, tzinfo=UTC))
+    engine.close()
+
+
+async def test_an_email_requeued_by_a_policy_pause_waits_for_the_send_window(
+    program: Project,
+) -> None:
+    program.clock.set(MONDAY.replace(hour=16, minute=30))
+    contacts(program, *promoters(1))
+    program.sink.rcpt_responses["p000@example.com"] = "550 5.7.1 Message rejected: sender blocked"
+    engine = program.engine()
+    engine.planner().plan()
+    async with SmtpTransport(engine.settings.smtp) as transport:
+        stats = await engine.sender(transport, worker_id="w").send_due()
+    assert stats.paused
+    with engine.db.session() as s:
+        message = s.scalars(select(Message)).one()
+    # Paused until 17:30, after the window closed: it waits for Tuesday 09:00.
+    assert (message.status, message.due_at) == ("queued", datetime(2026, 3, 3, 9, tzinfo=UTC))
+    engine.close()
