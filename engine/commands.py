@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from sqlalchemy import select
@@ -33,14 +34,17 @@ EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 def open_engine(settings: Settings, clock: Clock, console: Console) -> Engine:
     engine = Engine.build(settings, clock)
     for error in engine.loaded.errors:
-        console.print(f"[yellow]skipped[/yellow] {error}", highlight=False)
+        console.print(f"skipped {error}", markup=False, highlight=False)
     return engine
 
 
 def validate(settings: Settings, paths: list[Path], console: Console) -> int:
     """Check sequence files and every template; print file:line:col: message per problem."""
     renderer = build_renderer(settings)
-    exists = lambda name: template_exists(renderer, name)  # noqa: E731
+
+    def exists(name: str) -> bool:
+        return template_exists(renderer, name)
+
     dirs = [p for p in paths if p.is_dir()] or ([] if paths else [settings.sequences_dir])
     files = [p for p in paths if not p.is_dir()]
     problems: list[str] = []
@@ -267,7 +271,7 @@ def report(engine: Engine, fmt: str, console: Console) -> int:
         console.out(to_csv(data), end="", highlight=False)
         return EXIT_OK
     for alert in data.alerts:
-        console.print(f"[bold red]ALERT[/bold red] {alert}", highlight=False)
+        console.print(f"[bold red]ALERT[/bold red] {escape(alert)}", highlight=False)
     table = Table(title="per sequence and step")
     for col in COLUMNS:
         table.add_column(col, justify="left" if col in {"sequence", "step"} else "right")

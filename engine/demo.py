@@ -22,6 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import select
 
@@ -178,7 +179,9 @@ async def _demo(folder: Path, weeks: int, speed: float, console: Console) -> int
                 moment.act(engine, now)
             outcome = await tick(engine, transport)
             for error in outcome.send.errors:
-                console.print(f"[dim]{now:%a %m-%d %H:%M}[/dim]  ! {error}", highlight=False)
+                console.print(
+                    f"[dim]{now:%a %m-%d %H:%M}[/dim]  ! {escape(error)}", highlight=False
+                )
             if outcome.send.sent:
                 console.print(
                     f"[dim]{now:%a %m-%d %H:%M}[/dim]  sent {outcome.send.sent}", highlight=False
