@@ -108,6 +108,15 @@ class Planner:
             if seq.trigger is not None:
                 self.by_trigger[seq.trigger.event].append(seq)
         self.audience_sequences = [s for s in sequences.values() if s.audience and not s.trigger]
+        # Event types the planner reacts to; the rest (most opens and clicks) are only marked
+        # handled, without a query, since branches read events directly.
+        self.reactive_types = (
+            GLOBAL_STOPS
+            | RECHECK_EVENTS
+            | {"bounced"}
+            | set(self.by_trigger)
+            | {t for seq in sequences.values() for t in seq.stop_when}
+        )
 
     # -- the pass ---------------------------------------------------------------------------
 
@@ -177,6 +186,9 @@ class Planner:
         ).all()
         stats.events = len(events)
         for ev in events:
+            if ev.type not in self.reactive_types:
+                ev.handled_at = now
+                continue
             contact = session.get(Contact, ev.contact_id) if ev.contact_id else None
             if contact is not None:
                 self._apply_contact_state(session, ev, contact)
