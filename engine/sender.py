@@ -499,7 +499,7 @@ class Sender:
                 step.template, subject_source, context, locale=contact.locale, ref=message.ref
             )
         except TemplateError as exc:
-            self._hold(c, f"render_failed: {exc}", stats, status="render_failed")
+            self._hold(c, f"render_failed: {exc}", stats)
             return None
         parent_subject = loaded.parent_subject
         subject = rendered.subject or (f"Re: {parent_subject}" if parent_subject else "")
@@ -524,7 +524,7 @@ class Sender:
         try:
             data = build_message(email)
         except ValueError as exc:  # an address that cannot be sent to safely
-            self._hold(c, f"invalid message: {exc}", stats, status="failed")
+            self._reject(c, f"invalid message: {exc}", stats)
             return None
         return _Ready(contact.email, subject, data)
 
@@ -538,13 +538,12 @@ class Sender:
         )
         return bool(cast(CursorResult[Any], result).rowcount)
 
-    def _hold(
-        self, c: Claimed, reason: str, stats: SendStats, status: str = "render_failed"
-    ) -> None:
-        """Keep this email back with its reason; the enrollment waits for a person."""
+    def _hold(self, c: Claimed, reason: str, stats: SendStats) -> None:
+        """Keep this email back with its reason; the enrollment waits for a person (a fixed
+        template or sequence file, then `outbox retry`)."""
         log.warning("email_held message=%s reason=%s", c.id, reason)
         with self.db.write() as session:
-            if not self._finish(session, c, status=status, last_error=reason):
+            if not self._finish(session, c, status="render_failed", last_error=reason):
                 return
             session.execute(
                 update(Enrollment)
@@ -555,10 +554,18 @@ class Sender:
                 )
                 .values(status="held", reason=reason)
             )
-        if status == "render_failed":
-            stats.render_failed += 1
-        else:
-            stats.failed += 1
+        stats.render_failed += 1
+        stats.errors.append(reason)
+
+    def _reject(self, c: Claimed, reason: str, stats: SendStats) -> None:
+        """This email can never be sent (an unusable address): fail it and end its run, which
+        no retry could resume."""
+        log.warning("email_failed message=%s reason=%s", c.id, reason)
+        with self.db.write() as session:
+            if not self._finish(session, c, status="failed", last_error=reason):
+                return
+            self._stop_enrollment(session, c, reason, self.clock.now())
+        stats.failed += 1
         stats.errors.append(reason)
 
     def _in_window(self, instant: datetime, row: _Loaded) -> datetime:

@@ -439,3 +439,18 @@ steps:
   - id: ask
     send: {template: thanks.mjml, subject: "How could we earn a 10?"}
 """
+
+
+def test_an_unsendable_address_ends_the_run_instead_of_holding_it(program: Project) -> None:
+    contacts(program, ANA)
+    engine = program.engine()
+    from engine.store.models import Contact
+
+    with engine.db.write() as s:  # an address that slipped in around the importer's checks
+        s.scalars(select(Contact)).one().email = "ana lima@example.com"
+    engine.close()
+    _, out = program.cli("tick")
+    assert "invalid message" in out and program.sink.messages == []
+    program.cli("outbox", "retry")
+    assert count(program, Message, Message.status == "failed") == 1
+    assert count(program, Enrollment, Enrollment.status == "stopped") == 1
