@@ -62,11 +62,13 @@ class OutgoingEmail:
     html: str
     text: str
     date: datetime  # timezone-aware
-    list_unsubscribe_url: str  # one-click URL (RFC 8058)
+    list_unsubscribe_url: str  # one-click URL (RFC 8058); ignored for a note
     list_unsubscribe_mailto: str = ""  # optional extra mailto:
     feedback_id: str = ""  # "<step>:<sequence>:<category>:<sender>"
     in_reply_to: str | None = None
     references: tuple[str, ...] = ()
+    # A note to the team (engine.notify): text/plain only, no List-Unsubscribe (not bulk mail).
+    note: bool = False
 
 
 def clean_header_text(value: str) -> str:
@@ -177,11 +179,16 @@ def build_message(email: OutgoingEmail) -> bytes:
         lines.append(f"In-Reply-To: {_check_message_id(email.in_reply_to)}")
     if email.references:
         lines.append(_fold_list("References: ", [_check_message_id(r) for r in email.references]))
-    lines.append(_unsubscribe_header(email.list_unsubscribe_url, email.list_unsubscribe_mailto))
-    lines.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
+    if not email.note:
+        lines.append(_unsubscribe_header(email.list_unsubscribe_url, email.list_unsubscribe_mailto))
+        lines.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
     if email.feedback_id:
         lines.append(f"Feedback-ID: {_check_feedback_id(email.feedback_id)}")
     lines.append("MIME-Version: 1.0")
+    if email.note:
+        return b"\r\n".join(
+            ("\r\n".join(lines).encode("ascii"), _text_part("text/plain", email.text))
+        )
     lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
     head = "\r\n".join(lines).encode("ascii")
     delimiter = b"\r\n--" + boundary.encode("ascii")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from engine.clock import Clock
 from engine.errors import TemplateError
+from engine.notify import Notifier
 from engine.planner import Planner, PlanStats
 from engine.rendering import Renderer
 from engine.sender import Sender, SendStats
@@ -101,6 +102,7 @@ def template_exists(renderer: Renderer, name: str) -> bool:
 class TickResult:
     plan: PlanStats
     send: SendStats
+    notes: int = 0  # notes to the team sent (engine.notify)
 
 
 async def tick(
@@ -113,13 +115,14 @@ async def tick(
     transport = transport or SmtpTransport(engine.settings.smtp)
     try:
         sent = await engine.sender(transport).send_due(stop)
+        notes = await Notifier(engine.db, engine.settings, engine.clock, transport).send_due()
     finally:
         if own:
             await transport.close()
     # Bounces recorded while sending stop their sequences now, not on the next tick.
     plan += planner.plan()
     await asyncio.to_thread(engine.db.checkpoint)
-    return TickResult(plan, sent)
+    return TickResult(plan, sent, notes)
 
 
 async def run(

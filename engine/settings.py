@@ -87,6 +87,15 @@ class ScheduleSettings:
 
 
 @dataclass(frozen=True)
+class NotifySettings:
+    """Who on the team is told what (empty: the event is still recorded, no email is sent)."""
+
+    owner: str = ""  # replies, detractors' answers
+    sales: str = ""  # promoters, to follow up within 24 h
+    account_manager: str = ""  # passives and what they wrote
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
@@ -95,6 +104,7 @@ class Settings:
     sender: SenderSettings = field(default_factory=SenderSettings)
     paths: PathSettings = field(default_factory=PathSettings)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
     base_dir: Path = Path(".")
 
     def path(self, relative: str) -> Path:
@@ -212,6 +222,10 @@ def _validate(s: Settings) -> None:
         raise SettingsError("sender.from_email", "must be an email address")
     if not s.sender.postal_address.strip():
         raise SettingsError("sender.postal_address", "required: every email's footer shows it")
+    for role in ("owner", "sales", "account_manager"):
+        address = getattr(s.notify, role)
+        if address and ("@" not in address or any(c.isspace() for c in address)):
+            raise SettingsError(f"notify.{role}", "must be one email address")
     for key, text in (
         ("sender.from_name", s.sender.from_name),
         ("sender.from_email", s.sender.from_email),

@@ -464,3 +464,12 @@ def test_message_ids_are_unique_and_well_formed() -> None:
         assert parse(build_message(outgoing(message_id=message_id)))["Message-ID"] == message_id
     with pytest.raises(ValueError):
         make_message_id("bad domain\r\nBcc: x")
+
+
+def test_a_note_to_the_team_is_plain_text_without_list_headers() -> None:
+    raw = build_message(outgoing(note=True, list_unsubscribe_url="", text="Ann replied:\n> yes"))
+    parsed = parse(raw)
+    assert_clean(parsed)
+    assert parsed.get_content_type() == "text/plain"
+    assert parsed.get_content().replace("\r\n", "\n") == "Ann replied:\n> yes"
+    assert "List-Unsubscribe" not in parsed

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -103,6 +105,9 @@ class Enrollment(Base):
         String(16), default="active"
     )  # active|completed|stopped|held
     position: Mapped[int] = mapped_column(Integer, default=0)  # index of the next step to run
+    # The id of that step: a sequence file edited while people are in it keeps them at the same
+    # step (found by id); ``position`` is the fallback when the step was removed.
+    step: Mapped[str | None] = mapped_column(String(100))
     next_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # NULL: waiting for a send
     reason: Mapped[str | None] = mapped_column(Text)
     trigger_event_id: Mapped[int | None] = mapped_column(BigId)
@@ -161,6 +166,9 @@ class Event(Base):
     occurred_at: Mapped[datetime] = mapped_column(UtcDateTime)
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     handled_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Machine traffic (image proxies such as Apple Mail Privacy Protection, link scanners):
+    # recorded, counted apart, never taken as a person's open or click.
+    machine: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Referral(Base):
@@ -187,6 +195,31 @@ class Suppression(Base):
     email: Mapped[str] = mapped_column(String(320), primary_key=True)
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Notification(Base):
+    """An email to a person on the team (owner, sales, account manager), e.g. "X replied".
+
+    Its own small outbox: ``key`` makes each notification idempotent (one per event and role).
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_due", "status", "due_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    role: Mapped[str] = mapped_column(String(32))
+    to_email: Mapped[str] = mapped_column(String(320))
+    subject: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="SET NULL"))
+    event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued|sent|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    due_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class Meta(Base):
