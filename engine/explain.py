@@ -107,7 +107,8 @@ def _progress(
             state,
             f"step {waiting.step_id} {waiting.status}, due {waiting.due_at:%Y-%m-%d %H:%M} UTC",
         )
-    nxt = seq.steps[enrollment.position].id if enrollment.position < len(seq.steps) else "end"
+    at = seq.resume_at(enrollment.step, enrollment.position)
+    nxt = seq.steps[at].id if at < len(seq.steps) else "end"
     when = f"{enrollment.next_at:%Y-%m-%d %H:%M} UTC" if enrollment.next_at else "after the send"
     state = "due" if enrollment.next_at and enrollment.next_at <= now else "in it"
     return state, f"next: {nxt} at {when} (entered {enrollment.started_at:%Y-%m-%d})"

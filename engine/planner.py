@@ -335,6 +335,7 @@ class Planner:
             "key": key,
             "status": "active",
             "position": 0,
+            "step": None,
             "next_at": now,
             "trigger_event_id": event_id,
             "started_at": now,
@@ -436,7 +437,7 @@ class Planner:
     ) -> None:
         assert enrollment.next_at is not None
         base = enrollment.next_at  # when the previous step finished: waits count from here
-        pos = enrollment.position
+        pos = seq.resume_at(enrollment.step, enrollment.position)
         for _ in range(len(seq.steps) * 2 + 2):  # a branch loop cannot spin forever
             if pos >= len(seq.steps):
                 self.end_enrollment(session, enrollment, "completed", "all steps done", now)
@@ -447,7 +448,7 @@ class Planner:
                 base += step.duration
                 pos += 1
                 if base > now:
-                    enrollment.position, enrollment.next_at = pos, base
+                    self._stand(seq, enrollment, pos, base)
                     return
             elif isinstance(step, BranchStep):
                 target = step.then if self._happened(session, messages, step) else step.otherwise
@@ -464,9 +465,14 @@ class Planner:
                     stats.stopped += 1
                     return
                 planned.append(self._plan_send(seq, step, enrollment, contact, messages, base))
-                enrollment.position, enrollment.next_at = pos + 1, None
+                self._stand(seq, enrollment, pos + 1, None)
                 return
         enrollment.status, enrollment.reason = "held", "branches loop without a wait or send"
+
+    @staticmethod
+    def _stand(seq: Sequence, enrollment: Enrollment, pos: int, next_at: datetime | None) -> None:
+        """Save where the run stands: the next step's index and id (see Sequence.resume_at)."""
+        enrollment.position, enrollment.step, enrollment.next_at = pos, seq.mark_of(pos), next_at
 
     def _happened(self, session: Session, messages: dict[str, Message], step: BranchStep) -> bool:
         message = messages.get(step.step)

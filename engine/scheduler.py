@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from engine.clock import Clock
@@ -132,8 +132,13 @@ async def run(
     stop: asyncio.Event | None = None,
     on_tick: Callable[[TickResult], None] | None = None,
     interval: float | None = None,
+    services: Iterable[Service] = (),
 ) -> None:
-    """Tick until SIGTERM/SIGINT (or ``stop``); in-flight sends finish, the rest is released."""
+    """Tick until SIGTERM/SIGINT (or ``stop``); in-flight sends finish, the rest is released.
+
+    ``services`` (the tracking app, the IMAP poller) run alongside the ticks and are handed the
+    same stop event: each returns once it is set, after a clean shutdown of its own.
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -142,6 +147,7 @@ async def run(
     own = transport is None
     transport = transport or SmtpTransport(engine.settings.smtp)
     wait = engine.settings.schedule.tick_seconds if interval is None else interval
+    tasks = [asyncio.create_task(_supervised(service, stop)) for service in services]
     try:
         while not stop.is_set():
             result = await tick(engine, transport, stop)
@@ -150,6 +156,19 @@ async def run(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=wait)
     finally:
+        stop.set()
+        await asyncio.gather(*tasks)
         if own:
             await transport.close()
         log.info("scheduler_stopped")
+
+
+Service = Callable[[asyncio.Event], Awaitable[None]]
+
+
+async def _supervised(service: Service, stop: asyncio.Event) -> None:
+    """Run ``service``; its crash is logged and never takes the scheduler down."""
+    try:
+        await service(stop)
+    except Exception:
+        log.exception("service_crashed service=%s", getattr(service, "__name__", service))

@@ -135,6 +135,9 @@ class SendStep:
         return next(iter(self.subject.values()))
 
 
+AFTER = "after:"  # a mark_of prefix: the step that follows the named one
+
+
 @dataclass(frozen=True)
 class WaitStep:
     id: str  # "wait-<n>" (n-th wait step) unless the file names it
@@ -184,6 +187,27 @@ class Sequence:
             if step.id == step_id:
                 return position
         raise KeyError(step_id)
+
+    def resume_at(self, mark: str | None, position: int) -> int:
+        """Where a run stands, from what ``mark_of`` saved: found by step id, since the file may
+        have been edited since; ``position`` (the index then) when the step is gone."""
+        if mark is not None:
+            after = mark.startswith(AFTER)
+            wanted = mark[len(AFTER) :] if after else mark
+            for index, step in enumerate(self.steps):
+                if step.id == wanted:
+                    return index + after
+        return min(position, len(self.steps))
+
+    def mark_of(self, position: int) -> str | None:
+        """How to find ``position`` again after an edit: the id of the step there, or for a wait
+        "after:<id of the step before>" (an unnamed wait's id is its rank, which an inserted
+        wait shifts); None past the last step."""
+        if position >= len(self.steps):
+            return None
+        if position and isinstance(self.steps[position], WaitStep):
+            return AFTER + self.steps[position - 1].id
+        return self.steps[position].id
 
     def step(self, step_id: str) -> Step:
         """The step ``step_id``; KeyError when there is none."""

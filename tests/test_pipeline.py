@@ -454,3 +454,42 @@ def test_an_unsendable_address_ends_the_run_instead_of_holding_it(program: Proje
     program.cli("outbox", "retry")
     assert count(program, Message, Message.status == "failed") == 1
     assert count(program, Enrollment, Enrollment.status == "stopped") == 1
+
+
+def test_editing_a_sequence_keeps_people_at_their_step(program: Project) -> None:
+    # Ana was asked and waits for the reminder; meanwhile the marketer adds a first step
+    # and a longer wait. She is not asked again: the reminder comes after her original wait.
+    contacts(program, ANA)
+    program.cli("tick")
+    assert sent_to(program) == ["ana@example.com"]
+    edited = ASK_EDIT_INTRO + ASK_EDIT_TAIL
+    program.write("sequences/ask.yaml", edited)
+    program.clock.advance(timedelta(days=3))
+    program.cli("tick")
+    steps = [m.message["Subject"] for m in program.sink.messages]
+    assert len(steps) == 2 and steps[1].startswith("Re: Ana"), steps
+    _, out = program.cli("explain", "--contact", "ana@example.com")
+    assert "completed" in out or "done" in out, out
+
+
+ASK_EDIT_INTRO = """
+id: ask
+name: Ask promoters
+audience: {kind: customer, nps: promoter}
+stop_when: [replied, unsubscribed, bounced, referred]
+steps:
+  - id: welcome
+    send: {template: thanks.mjml, subject: "Welcome"}
+  - wait: 1d
+"""
+ASK_EDIT_TAIL = """\
+  - id: ask
+    send: {template: ask.mjml, subject: "{{ contact.first_name }}, who?", referral_ask: true}
+  - wait: 3d
+  - id: reminder
+    send:
+      template: reminder.mjml
+      subject: "Re: {{ contact.first_name }}, who could you introduce?"
+      reply_to_previous: true
+      referral_ask: true
+"""

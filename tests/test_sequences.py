@@ -284,6 +284,21 @@ def test_steps_wait_ids_branch_defaults_and_lookups(tmp_path: Path) -> None:
     assert [step.id for step in sequence.send_steps()] == ["first", "second", "third"]
     with pytest.raises(KeyError):
         sequence.index("missing")
+    # where a run stands survives edits: marks name steps, a wait by the step before it
+    assert [sequence.mark_of(i) for i in range(8)] == [
+        "first",
+        "after:first",
+        "second",
+        "after:second",
+        "opened-second",
+        "after:opened-second",
+        "third",
+        None,
+    ]
+    assert sequence.resume_at("after:second", 0) == 3
+    assert sequence.resume_at("third", 0) == 6
+    assert sequence.resume_at("removed", 2) == 2  # the step is gone: the saved index
+    assert sequence.resume_at(None, 99) == 7  # rows saved before marks existed
 
 
 def test_a_reply_chain_says_re_once_in_every_language(tmp_path: Path) -> None:
