@@ -84,6 +84,10 @@ CONTEXT_NAMES = frozenset(
 MAX_OUTPUT_CHARS = 2_000_000  # per rendered part and per value built by a template
 MAX_ITEMS = 100_000  # per range() / list repetition
 MAX_INT_BITS = 65_536
+# The hidden link every email carries (before the open pixel): invisible, out of the keyboard
+# order and hidden from screen readers, so only link scanners follow it. Its click token has no
+# destination; the tracking app records the request as machine traffic.
+HONEYPOT_PATH = "/h/"
 
 # Footer lines per language: (question, link label). Fallback: English.
 FOOTER_TEXT: dict[str, tuple[str, str]] = {
@@ -296,8 +300,15 @@ _URL_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123
 _URL_QUOTED = [chr(b) if b in _URL_SAFE else f"%{b:02X}" for b in range(256)]
 
 
+# The same for ASCII text in one str.translate (C): a ready-made intro in a mailto: link is
+# ~1 kB, encoded for every recipient.
+_URL_ASCII = {b: f"%{b:02X}" for b in range(128) if b not in _URL_SAFE}
+
+
 def _urlencode(value: Any) -> str:
     if type(value) is str:
+        if value.isascii():
+            return value.translate(_URL_ASCII)
         return "".join(map(_URL_QUOTED.__getitem__, value.encode("utf-8")))
     return do_urlencode(value)  # dicts, pairs and other types: Jinja's own rules
 
@@ -829,6 +840,28 @@ def html_to_text(markup: str, keep: re.Pattern[str] | None = None) -> str:
 _HREF = re.compile(r"""href\s*=\s*(?:"\s*(https?://[^"]*?)\s*"|'\s*(https?://[^']*?)\s*')""")
 _SPACES = frozenset(" \t\r\n\f")
 _LINK_TAG_ANY_CASE = re.compile(r"<(a)(?=[\s>])[^>]*>", re.I)
+# Tags between which a line break renders as nothing (table structure, blocks, conditional
+# comments). mjml-python writes the body as one line of ~15k characters; broken here, once,
+# at compile time, an English email fits SMTP's 998-octet lines and goes out unencoded (7bit,
+# engine.mime) instead of paying quoted-printable per recipient. The JavaScript mjml writes
+# line breaks at the same places, and columns sit in font-size:0 cells for that reason.
+_BREAK_AFTER = re.compile(
+    r"(</?(?:table|tbody|thead|tfoot|tr|td|th|div|head|body|html|meta|title|style|link|center)"
+    r"\b[^<>]*>|<!\[endif\]-->|<!--\[if [^\]<>]*\]>)(?=<)",
+    re.I,
+)
+# A tag this long (a mailto: link with a whole ready-made introduction) also gets a line
+# break between its attributes, where HTML allows any whitespace.
+_LONG_TAG = re.compile(r"<[a-zA-Z][^<>]{400,}>")
+_ATTRIBUTE_GAP = re.compile(r'"[ \t]+(?=[\w:-]+=")')
+
+
+def _break_lines(html: str) -> str:
+    """``html`` with line breaks where they render as nothing (see _BREAK_AFTER)."""
+    html = _BREAK_AFTER.sub("\\1\n", html)
+    return _LONG_TAG.sub(lambda tag: _ATTRIBUTE_GAP.sub('"\n', tag[0]), html)
+
+
 _HREF_ANY_CASE = re.compile(r"(?<![\w-])href(?=\s*=)", re.I)
 _TEXT_URL = re.compile(r"""https?://[^\s<>"'()\[\]{}]+""")
 _TRAILING_PUNCT = ".,;:!?"
@@ -1305,6 +1338,7 @@ class Renderer:
 
         # 4. back to Jinja: one template per direction, plus the text part
         compiled_html = _LINK_TAG_ANY_CASE.sub(_lower_link_tag, compiled_html)
+        compiled_html = _break_lines(compiled_html)
         lang_ph = self._placeholder.format(len(tags))
         with_lang = [*tags, _Tag("{{ lang }}", main, 0, 0, False)]
         restore = _Restorer(with_lang, self._placeholder_re)
@@ -1559,8 +1593,11 @@ class Renderer:
         before_link, after_link, text_footer = self._footer(lang)
         if compiled.scan:
             html = [self._track_html("".join(html), clicks)]
+        ours = self.links
+        honeypot = ours.base_url + HONEYPOT_PATH + ours.signer.sign("click", ref, url="")
         tail = (
-            f"{before_link}{_escape_output(unsubscribe)}{after_link}"
+            f"{before_link}{_escape_output(unsubscribe)}{after_link}\n"
+            f'<a href="{honeypot}" style="display:none" aria-hidden="true" tabindex="-1"></a>'
             f'<img src="{_escape_output(self.links.open(ref))}" width="1" height="1" alt="" '
             'style="display:block;border:0">'
         )

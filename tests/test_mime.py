@@ -325,11 +325,11 @@ def test_long_html_lines_are_cut_between_escapes() -> None:
 
 
 def test_blanks_ending_a_line_and_lone_dots_are_escaped() -> None:
-    text = "ends with a space \nends with a tab\t\n.\n.not alone\nlast blank "
+    text = "ends with a space \nends with a tab\t\n.\n.not alone\nlast blank, café "
     data = build_message(outgoing(text=text))
     lines = body_lines(data, b"text/plain")
     assert lines[:4] == [b"ends with a space=20", b"ends with a tab=09", b"=2E", b".not alone"]
-    assert lines[4] == b"last blank=20"
+    assert lines[4] == b"last blank, caf=C3=A9=20"
     plain = parse(data).get_body(("plain",))
     assert plain is not None and plain.get_content().replace("\r\n", "\n") == text
 
@@ -346,8 +346,11 @@ def test_any_body_round_trips_in_lines_of_76_characters(body: str) -> None:
     # Mostly "=", blanks, dots and line ends: the quoted-printable corner cases.
     data = build_message(outgoing(text=body, html=body))
     assert_wire_format(data)
-    for content_type in (b"text/plain", b"text/html"):
-        assert all(len(line) <= 76 for line in body_lines(data, content_type))
+    message = parse(data)
+    for content_type, part in zip((b"text/plain", b"text/html"), message.iter_parts(), strict=True):
+        # Encoded lines are at most 76 long; a body sent as it is (7bit) keeps its own lines.
+        limit = 998 if part["Content-Transfer-Encoding"] == "7bit" else 76
+        assert all(len(line) <= limit for line in body_lines(data, content_type))
     message = parse(data)
     for kind in ("plain", "html"):
         part = message.get_body((kind,))
@@ -355,12 +358,21 @@ def test_any_body_round_trips_in_lines_of_76_characters(body: str) -> None:
         assert part.get_content().replace("\r\n", "\n") == body
 
 
-def test_mostly_non_ascii_text_uses_base64_and_english_uses_quoted_printable() -> None:
+def test_arabic_is_base64_english_is_sent_as_it_is_and_long_lines_are_quoted_printable() -> None:
     arabic = "شكرا لك على ثقتك بنا. " * 40
-    message = parse(build_message(outgoing(text=arabic, html="<p>Thank you, Ann.</p>")))
+    message = parse(build_message(outgoing(text=arabic, html="<p>Thank you, Ann.</p>\n")))
     plain, html = message.iter_parts()
     assert plain["Content-Transfer-Encoding"] == "base64"
+    assert html["Content-Transfer-Encoding"] == "7bit"
+    long_line = "<p>" + "Thank you, Ann. " * 62 + "</p>"  # 998 octets is the limit
+    assert len(long_line) > 998
+    message = parse(build_message(outgoing(text="Thank you.\n.\n", html=long_line)))
+    plain, html = message.iter_parts()
     assert html["Content-Transfer-Encoding"] == "quoted-printable"
+    assert html.get_content() == long_line
+    # 7bit keeps what quoted-printable escapes: a lone dot is the SMTP layer's to stuff
+    assert plain["Content-Transfer-Encoding"] == "7bit"
+    assert plain.get_content().replace("\r\n", "\n") == "Thank you.\n.\n"
 
 
 def test_each_message_has_its_own_boundary() -> None:
