@@ -118,7 +118,10 @@ def print_tick(result: TickResult, console: Console, now: str) -> None:
     console.print(
         f"{now}: enrolled {p.enrolled}, planned {p.planned}, sent {s.sent}, "
         f"retrying {s.retried}, failed {s.failed}, held {s.render_failed}, "
-        f"stopped {p.stopped}, completed {p.completed}" + (" [sending paused]" if s.paused else ""),
+        f"stopped {p.stopped}, completed {p.completed}"
+        + (f", waiting for the send window {s.deferred}" if s.deferred else "")
+        + (f", notes to the team {result.notes}" if result.notes else "")
+        + (" [sending paused]" if s.paused else ""),
         highlight=False,
         markup=False,
     )

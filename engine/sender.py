@@ -75,6 +75,7 @@ class SendStats:
     bounced: int = 0
     render_failed: int = 0
     skipped: int = 0  # lost the lease or cancelled meanwhile
+    deferred: int = 0  # due while the send window was closed: queued for its opening
     paused: bool = False
     errors: list[str] = field(default_factory=list)
 
@@ -486,6 +487,13 @@ class Sender:
         if seq is None or step is None:
             self._hold(c, f"step {message.sequence_id}/{message.step_id} no longer exists", stats)
             return None
+        # A backlog (the scheduler was down, sending was paused) waits for the window to open
+        # again rather than going out at 3 a.m. on the contact's clock.
+        now = self.clock.now()
+        opens = self._in_window(now, loaded)
+        if opens > now:
+            self._defer(c, opens, stats)
+            return None
         context: dict[str, Any] = {
             "contact": contact_context(contact),
             "sequence": seq.id,
@@ -514,7 +522,7 @@ class Sender:
             subject=subject,
             html=rendered.html,
             text=rendered.text,
-            date=self.clock.now(),
+            date=now,
             list_unsubscribe_url=self.renderer.links.unsubscribe(message.ref),
             list_unsubscribe_mailto=self.settings.sender.unsubscribe_mailto,
             feedback_id=f"{step.id}:{seq.id}:{seq.category}:{self.settings.sender.feedback_id}",
@@ -568,6 +576,16 @@ class Sender:
         stats.failed += 1
         stats.errors.append(reason)
 
+    def _defer(self, c: Claimed, due: datetime, stats: SendStats) -> None:
+        """Give the row back for ``due``: not an attempt, just too early or too late today."""
+        with self.db.write() as session:
+            done = self._finish(
+                session, c, status="queued", due_at=due, attempts=Message.attempts - 1
+            )
+        if done:
+            log.info("email_outside_window message=%s due=%s", c.id, due.isoformat())
+            stats.deferred += 1
+
     def _in_window(self, instant: datetime, row: _Loaded) -> datetime:
         """The first instant at or after ``instant`` when the message's sequence may send to
         its contact (the sequence's window, else the settings one, on the contact's clock)."""
@@ -601,32 +619,40 @@ class Sender:
     def _fail(self, c: Claimed, exc: PermanentFailure, stats: SendStats) -> None:
         now = self.clock.now()
         with self.db.write() as session:
-            if not self._finish(session, c, status="failed", last_error=str(exc)):
-                stats.skipped += 1
-                return
+            ours = self._finish(session, c, status="failed", last_error=str(exc))
             message = session.get(Message, c.id)
             assert message is not None
-            contact = session.get(Contact, message.contact_id)
-            assert contact is not None
+            if not ours:
+                stats.skipped += 1
+                # Cancelled while the SMTP transaction ran (an unsubscribe, a reply): the
+                # server's word on the address holds all the same. A row claimed again by
+                # another worker is that worker's to record.
+                if exc.hard_bounce and message.status == "cancelled":
+                    self._bounced(session, message, exc, now)
+                    stats.bounced += 1
+                return
+            self._bounced(session, message, exc, now)
             if exc.hard_bounce:
-                suppress(session, contact.email, f"hard bounce: {exc}", now)
                 stats.bounced += 1
-            record_event(
-                session,
-                "bounced",
-                now,
-                contact_id=contact.id,
-                message=message,
-                data={
-                    "hard": exc.hard_bounce,
-                    "code": exc.code,
-                    "reason": str(exc),
-                    "source": "smtp",
-                },
-            )
             self._stop_enrollment(session, c, f"delivery failed: {exc}", now)
         log.warning("email_failed message=%s hard=%s reason=%s", c.id, exc.hard_bounce, exc)
         stats.failed += 1
+
+    @staticmethod
+    def _bounced(session: Session, message: Message, exc: PermanentFailure, now: datetime) -> None:
+        """Record the refusal; a hard bounce also suppresses the address."""
+        contact = session.get(Contact, message.contact_id)
+        assert contact is not None
+        if exc.hard_bounce:
+            suppress(session, contact.email, f"hard bounce: {exc}", now)
+        record_event(
+            session,
+            "bounced",
+            now,
+            contact_id=contact.id,
+            message=message,
+            data={"hard": exc.hard_bounce, "code": exc.code, "reason": str(exc), "source": "smtp"},
+        )
 
     def _stop_enrollment(self, session: Session, c: Claimed, reason: str, now: datetime) -> None:
         """Stop the message's enrollment (delivery failed) and schedule the contact's re-check,

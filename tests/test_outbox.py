@@ -326,3 +326,29 @@ async def test_an_email_requeued_by_a_policy_pause_waits_for_the_send_window(
     # Paused until 17:30, after the window closed: it waits for Tuesday 09:00.
     assert (message.status, message.due_at) == ("queued", datetime(2026, 3, 3, 9, tzinfo=UTC))
     engine.close()
+
+
+async def test_a_hard_bounce_of_an_email_cancelled_in_flight_still_suppresses(
+    program: Project,
+) -> None:
+    import asyncio
+
+    contacts(program, *promoters(1))
+    engine = program.engine()
+    engine.planner().plan()
+    program.sink.delay_seconds = 0.3
+    program.sink.data_response_once = "550 5.1.1 <p000@example.com>: user unknown"
+    async with SmtpTransport(engine.settings.smtp) as transport:
+        sending = asyncio.create_task(engine.sender(transport).send_due())
+        while not program.sink.peak_concurrent_data:  # the server is holding DATA
+            await asyncio.sleep(0.01)
+        with engine.db.write() as s:  # an unsubscribe cancels the email meanwhile
+            s.execute(update(Message).values(status="cancelled"))
+        stats = await sending
+    assert (stats.bounced, stats.skipped, stats.failed) == (1, 1, 0)
+    with engine.db.session() as s:
+        assert s.scalars(select(Suppression.email)).all() == ["p000@example.com"]
+        bounce = s.scalars(select(Event).where(Event.type == "bounced")).one()
+        assert bounce.data["hard"] is True
+        assert s.scalars(select(Message.status)).one() == "cancelled"
+    engine.close()

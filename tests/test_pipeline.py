@@ -493,3 +493,25 @@ ASK_EDIT_TAIL = """\
       reply_to_previous: true
       referral_ask: true
 """
+
+
+def test_a_backlog_waits_for_the_send_window_to_open_again(program: Project) -> None:
+    # Planned on Monday, but the scheduler was down until Saturday 03:00: the email is not
+    # sent at night on a weekend; it goes out when the window opens on Monday.
+    contacts(program, ANA)
+    engine = program.engine()
+    engine.planner().plan()
+    engine.close()
+    assert count(program, Message, Message.status == "queued") == 1
+    program.clock.advance(timedelta(days=4, hours=17))  # Saturday 03:00 UTC
+    _, out = program.cli("tick")
+    assert program.sink.messages == [] and "waiting for the send window 1" in out, out
+    engine = program.engine()
+    with engine.db.session() as s:
+        message = s.scalars(select(Message)).one()
+    engine.close()
+    assert (message.status, message.attempts) == ("queued", 0)
+    assert message.due_at.isoformat() == "2026-03-09T09:00:00+00:00"
+    program.clock.advance(timedelta(days=2, hours=6))  # Monday 09:00
+    program.cli("tick")
+    assert sent_to(program) == ["ana@example.com"]

@@ -135,7 +135,7 @@ class Message(Base):
     subject: Mapped[str | None] = mapped_column(Text)  # as rendered, kept for threading and reports
     in_reply_to: Mapped[str | None] = mapped_column(String(250))
     references: Mapped[str | None] = mapped_column(Text)
-    # queued -> sending -> sent | failed | render_failed | cancelled | suppressed
+    # queued -> sending -> sent | failed | render_failed | cancelled
     status: Mapped[str] = mapped_column(String(16), default="queued")
     due_at: Mapped[datetime] = mapped_column(UtcDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
