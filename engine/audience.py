@@ -177,16 +177,33 @@ def check_audience(
 def check_trigger(
     contact: ContactLike, trigger: Trigger, event_type: str, data: dict[str, Any]
 ) -> Decision:
-    """Decide whether an event starts a triggered sequence for its contact."""
+    """Decide whether an event starts a triggered sequence for its contact.
+
+    An NPS answer that a newer one replaced (both processed in one pass) starts nothing: the
+    contact is routed on their latest answer only.
+    """
     if event_type != trigger.event:
         return Decision(False, "trigger", f"starts on {trigger.event}")
-    if trigger.nps is not None and (klass := nps_class(contact.nps_score)) not in trigger.nps:
-        return Decision(
-            False, "trigger.nps", f"{klass}, trigger wants {', '.join(sorted(trigger.nps))}"
-        )
+    score = data.get("score")
+    if isinstance(score, int) and not isinstance(score, bool) and score != contact.nps_score:
+        return Decision(False, "trigger.nps", f"answer {score} was replaced by {contact.nps_score}")
+    if (lapsed := trigger_lapsed(contact, trigger)) is not None:
+        return lapsed
     if (miss := _where_mismatch(trigger.where, data.get)) is not None:
         name, value, allowed = miss
         return Decision(
             False, f"trigger.where.{name}", f"{name} is {value!r}, wanted {list(allowed)}"
         )
     return Decision(True, "trigger", f"{event_type} happened")
+
+
+def trigger_lapsed(contact: ContactLike, trigger: Trigger | None) -> Decision | None:
+    """Why a run started by ``trigger`` must stop: its NPS filter no longer holds (a promoter
+    who answers the survey again with a 4 gets no further asks), else None."""
+    if trigger is not None and trigger.nps is not None:
+        klass = nps_class(contact.nps_score)
+        if klass not in trigger.nps:
+            return Decision(
+                False, "trigger.nps", f"{klass}, trigger wants {', '.join(sorted(trigger.nps))}"
+            )
+    return None

@@ -23,7 +23,14 @@ from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from engine.audience import Decision, PastEnrollment, blocked, check_audience, check_trigger
+from engine.audience import (
+    Decision,
+    PastEnrollment,
+    blocked,
+    check_audience,
+    check_trigger,
+    trigger_lapsed,
+)
 from engine.clock import Clock
 from engine.mime import make_message_id
 from engine.sequences import BranchStep, SendStep, Sequence, WaitStep
@@ -254,7 +261,11 @@ class Planner:
                 contact, seq.audience, now, suppressed=suppressed, entering=False
             )
         else:
-            decision = blocked(contact, suppressed) or Decision(True, "eligible", "")
+            decision = (
+                blocked(contact, suppressed)
+                or trigger_lapsed(contact, seq.trigger)
+                or Decision(True, "eligible", "")
+            )
         return None if decision.eligible else f"no longer eligible: {decision}"
 
     def _apply_triggers(

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from engine.audience import PastEnrollment, check_audience, check_trigger
+from engine.audience import PastEnrollment, check_audience, check_trigger, trigger_lapsed
 from engine.sequences import Audience, Trigger
 
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
@@ -93,3 +93,11 @@ def test_trigger_filters_on_nps_class_and_event_data() -> None:
     ).eligible
     assert not check_trigger(FakeContact(), trigger, "nps.answered", {"source": "csv"}).eligible
     assert not check_trigger(FakeContact(), trigger, "replied", {}).eligible
+    # an answer a newer one replaced routes nothing: only the latest answer counts
+    latest = {"source": "page", "score": 10}
+    assert check_trigger(FakeContact(nps_score=10), trigger, "nps.answered", latest).eligible
+    replaced = check_trigger(FakeContact(nps_score=2), trigger, "nps.answered", latest)
+    assert not replaced.eligible and "replaced by 2" in str(replaced)
+    # and a run it started ends when the contact leaves the class the trigger wanted
+    assert trigger_lapsed(FakeContact(nps_score=9), trigger) is None
+    assert trigger_lapsed(FakeContact(nps_score=4), trigger) is not None

@@ -515,3 +515,41 @@ def test_a_backlog_waits_for_the_send_window_to_open_again(program: Project) -> 
     program.clock.advance(timedelta(days=2, hours=6))  # Monday 09:00
     program.cli("tick")
     assert sent_to(program) == ["ana@example.com"]
+
+
+PROMOTER_ROUTE = """
+id: route
+name: Promoters, thanked then asked
+trigger: {event: nps.answered, nps: promoter}
+send_window: {days: [mon, tue, wed, thu, fri, sat, sun], hours: "00:00-23:59", timezone: UTC}
+steps:
+  - id: thanks
+    send: {template: thanks.mjml, subject: "Thank you for the {{ contact.nps_score }}"}
+  - wait: 2d
+  - id: ask
+    send: {template: ask.mjml, subject: "Who could you introduce?", referral_ask: true}
+"""
+
+
+def test_a_triggered_route_ends_when_a_newer_answer_leaves_its_class(
+    make_project: Callable[..., Project],
+) -> None:
+    from engine.contacts import record_nps_answer
+
+    program = setup(make_project(shipped=False), {"route": PROMOTER_ROUTE})
+    contacts(program, PETE)  # a passive, not routed
+    engine = program.engine()
+    record_nps_answer(engine.db, "pete@example.com", 10, program.clock.now(), source="page")
+    program.cli("tick")
+    assert [m.message["Subject"] for m in program.sink.messages] == ["Thank you for the 10"]
+    # He answers again with a 4 before the ask: the route ends, no ask goes to a detractor.
+    record_nps_answer(engine.db, "pete@example.com", 4, program.clock.now(), source="page")
+    # Two answers processed in one pass: only the latest routes.
+    record_nps_answer(engine.db, "pete@example.com", 9, program.clock.now(), source="page")
+    record_nps_answer(engine.db, "pete@example.com", 3, program.clock.now(), source="page")
+    engine.close()
+    program.clock.advance(timedelta(days=3))
+    program.cli("tick")
+    assert len(program.sink.messages) == 1
+    _, out = program.cli("explain", "--contact", "pete@example.com")
+    assert "detractor" in out, out
