@@ -85,6 +85,8 @@ class Contact(Base):
     check_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # GDPR erasure: the row stays (anonymous counts keep adding up), its personal data goes.
+    erased_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class Enrollment(Base):
@@ -155,6 +157,7 @@ class Event(Base):
         Index("ix_events_contact_type", "contact_id", "type", "occurred_at"),
         Index("ix_events_message", "message_id", "type"),
         Index("ix_events_pending", "handled_at", "id"),
+        Index("ix_events_type_time", "type", "occurred_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -183,10 +186,78 @@ class Referral(Base):
         ForeignKey("contacts.id", ondelete="SET NULL")
     )
     channel: Mapped[str] = mapped_column(String(16), default="cli")
+    # introduced -> contacted -> converted | lost; "detected" (found in a reply) until reviewed
     status: Mapped[str] = mapped_column(String(16), default="introduced")
     value: Mapped[Decimal | None] = mapped_column(Numeric(12, 2))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     converted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Recognised and never rewarded: self_referral | duplicate | existing_customer
+    flag: Mapped[str | None] = mapped_column(String(32))
+    # The friend's own consent (a referrer's word is not consent): the wording they agreed to.
+    consent_text: Mapped[str | None] = mapped_column(Text)
+    consent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class Reward(Base):
+    """A thank-you gift, issued once per converted referral and role (referrer, friend)."""
+
+    __tablename__ = "rewards"
+    __table_args__ = (UniqueConstraint("referral_id", "role"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    referral_id: Mapped[int] = mapped_column(ForeignKey("referrals.id", ondelete="CASCADE"))
+    contact_id: Mapped[int | None] = mapped_column(
+        ForeignKey("contacts.id", ondelete="SET NULL"), index=True
+    )
+    role: Mapped[str] = mapped_column(String(16))  # referrer | friend
+    kind: Mapped[str] = mapped_column(String(16))  # credit | code
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(12, 2))
+    code: Mapped[str | None] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text)
+    issued_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Purchase(Base):
+    """A purchase (CSV import, events API): the base of referral rate, revenue and LTV."""
+
+    __tablename__ = "purchases"
+    __table_args__ = (Index("ix_purchases_occurred", "occurred_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    external_id: Mapped[str | None] = mapped_column(String(200), unique=True)  # order id
+    contact_id: Mapped[int | None] = mapped_column(
+        ForeignKey("contacts.id", ondelete="SET NULL"), index=True
+    )
+    referral_id: Mapped[int | None] = mapped_column(
+        ForeignKey("referrals.id", ondelete="SET NULL"), index=True
+    )
+    amount: Mapped[Decimal] = mapped_column(Numeric(12, 2))
+    currency: Mapped[str] = mapped_column(String(3), default="")
+    occurred_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    source: Mapped[str] = mapped_column(String(16))  # import | api | cli
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook URL: a durable queue, retried with backoff."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_id", "url"),
+        Index("ix_webhook_deliveries_due", "status", "next_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2000))
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|delivered|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_status: Mapped[int | None] = mapped_column(Integer)  # HTTP status of the last try
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class Suppression(Base):
