@@ -19,7 +19,8 @@ def test_a_deadlock_victim_is_retried_and_both_transactions_commit(
     now = datetime(2026, 3, 2, tzinfo=UTC)
     with db.write() as s:
         s.add_all([Alert(kind="a", message="", created_at=now) for _ in range(2)])
-    first, second = sorted(db.session().scalars(select(Alert.id)).all())
+    with db.session() as s:
+        first, second = sorted(s.scalars(select(Alert.id)).all())
     both_locked = threading.Barrier(2, timeout=10)
     attempts = {first: 0, second: 0}
 
@@ -42,7 +43,8 @@ def test_a_deadlock_victim_is_retried_and_both_transactions_commit(
     for t in threads:
         t.join(timeout=30)
     assert sorted(attempts.values()) == [1, 2]  # PostgreSQL aborted one; it ran again
-    rows = {a.id: (a.message, a.kind) for a in db.session().scalars(select(Alert))}
+    with db.session() as s:
+        rows = {a.id: (a.message, a.kind) for a in s.scalars(select(Alert))}
     # both transactions committed whole
     assert rows == {first: (f"by {first}", f"by {second}"), second: (f"by {second}", f"by {first}")}
     db.dispose()
