@@ -28,3 +28,4 @@ bench: $(VENV)/.installed
 	$(PY) bench/render.py
 	$(PY) bench/send.py
 	$(PY) bench/plan.py
+	$(PY) bench/replies.py

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.clock import FixedClock
 from engine.planner import Planner
+from engine.scheduler import build_renderer
 from engine.sequences import load_sequences
 from engine.settings import Settings
 from engine.store.db import Database
@@ -78,9 +79,9 @@ def main() -> None:
         populate(path, total, due)
         print(f"set-up: {total:,} contacts and enrollments in {time.perf_counter() - t0:.1f} s")
         loaded = load_sequences(ROOT / "sequences")
-        settings = Settings()
+        settings = Settings(base_dir=ROOT)
         db = Database(f"sqlite:///{path}")
-        planner = Planner(db, loaded.sequences, settings, FixedClock(NOW))
+        planner = Planner(db, loaded.sequences, settings, FixedClock(NOW), build_renderer(settings))
         with db.write() as session:  # steady state: these rules were planned with before
             session.add(Meta(key="audience_fingerprint", value=planner.audience_fingerprint()))
         tracemalloc.start()

@@ -52,10 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     csub = c.add_subparsers(dest="action", required=True, metavar="ACTION")
     ci = csub.add_parser("import", parents=[common], help="upsert contacts from a CSV file")
     ci.add_argument("file", type=Path)
+    ce = csub.add_parser(
+        "erase", parents=[common], help="erase a person's personal data (GDPR), keep counts"
+    )
+    ce.add_argument("email")
+    cx = csub.add_parser("export", parents=[common], help="a person's data as JSON (GDPR)")
+    cx.add_argument("email")
+    cx.add_argument("--out", type=Path, help="write to this file instead of the screen")
 
     sub.add_parser("tick", parents=[common], help="one pass: enroll, plan and send what is due")
     r = sub.add_parser("run", parents=[common], help="scheduler loop until SIGTERM/SIGINT")
     r.add_argument("--interval", type=float, default=None, help="seconds between passes")
+    sub.add_parser("serve", parents=[common], help="the tracking HTTP app alone, until SIGTERM")
 
     e = sub.add_parser("explain", parents=[common], help="why a contact is (not) in each sequence")
     e.add_argument("--contact", required=True, metavar="EMAIL")
@@ -87,6 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
         "retry", parents=[common], help="requeue emails held by a template error, once it is fixed"
     )
     orr.add_argument("--sequence", help="only this sequence")
+
+    rq = sub.add_parser("replies", parents=[common], help="the reply mailbox (IMAP)")
+    rqsub = rq.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rqsub.add_parser("poll", parents=[common], help="one pass: replies, auto-replies, bounces")
+
+    wh = sub.add_parser("webhooks", parents=[common], help="webhook deliveries: list, replay")
+    whsub = wh.add_subparsers(dest="action", required=True, metavar="ACTION")
+    wl = whsub.add_parser("list", parents=[common], help="deliveries, newest first")
+    wl.add_argument("--status", choices=("failed", "pending", "delivered"))
+    wl.add_argument("--limit", type=int, default=50, help="rows shown (default 50)")
+    wr = whsub.add_parser(
+        "replay", parents=[common], help="send failed deliveries again (attempts reset)"
+    )
+    which = wr.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", dest="ids", type=int, nargs="+", action="extend", metavar="N")
+    which.add_argument("--all-failed", action="store_true", help="every failed delivery")
 
     rp = sub.add_parser("report", parents=[common], help="funnel and referral metrics")
     rp.add_argument("--format", choices=("table", "json", "csv"), default="table")
@@ -153,12 +177,18 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
     engine = commands.open_engine(settings, clock, console)
     try:
         match args.command:
+            case "contacts" if args.action == "erase":
+                return commands.erase_contact(engine, args.email, console)
+            case "contacts" if args.action == "export":
+                return commands.export_contact(engine, args.email, args.out, console)
             case "contacts":
                 return commands.import_contacts(engine, args.file, console)
             case "tick":
                 return asyncio.run(commands.tick(engine, console))
             case "run":
                 return asyncio.run(commands.run(engine, console, args.interval))
+            case "serve":
+                return asyncio.run(commands.serve(engine, console))
             case "explain":
                 return commands.explain(engine, args.contact, console)
             case "simulate":
@@ -187,6 +217,12 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
                 )
             case "outbox":
                 return commands.retry_held(engine, args.sequence, console)
+            case "replies":
+                return asyncio.run(commands.replies_poll(engine, console))
+            case "webhooks" if args.action == "list":
+                return commands.webhooks_list(engine, args.status, args.limit, console)
+            case "webhooks":
+                return commands.webhooks_replay(engine, args.ids, args.all_failed, console)
             case "report":
                 return commands.report(engine, args.format, console)
     finally:

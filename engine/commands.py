@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Mapping
 from decimal import Decimal
@@ -18,13 +19,22 @@ from engine.errors import ImportRowError
 from engine.explain import explain_contact
 from engine.explain import simulate as simulate_timeline
 from engine.mime import OutgoingEmail, build_message
+from engine.privacy import PrivacyError
+from engine.privacy import erase_contact as erase_contact_data
+from engine.privacy import export_contact as export_contact_data
 from engine.referrals import add_referral, convert_referral
+from engine.rendering import NOTE_CONTEXT_NAMES
 from engine.reports import COLUMNS, build_report, to_csv, to_json
-from engine.scheduler import Engine, TickResult, build_renderer, template_exists
+from engine.scheduler import (
+    Engine,
+    TickResult,
+    build_renderer,
+    standard_services,
+    template_exists,
+)
 from engine.scheduler import run as run_loop
 from engine.scheduler import tick as one_tick
-from engine.sender import contact_context
-from engine.sequences import SendStep, load_files, load_sequences
+from engine.sequences import NotifyStep, SendStep, load_files, load_sequences
 from engine.settings import Settings, require_real_secret
 from engine.store.models import Contact
 
@@ -67,6 +77,10 @@ def validate(settings: Settings, paths: list[Path], console: Console) -> int:
             for subject in subjects:
                 if (msg := renderer.check_subject(subject)) is not None:
                     problems.append(f"{seq.path}:{line}:{col}: subject of step {step_id}: {msg}")
+        for note in (s for s in seq.steps if isinstance(s, NotifyStep)):
+            for part, text in (("subject", note.subject), ("body", note.body)):
+                if text and (msg := renderer.check_subject(text, NOTE_CONTEXT_NAMES)):
+                    problems.append(f"{seq.path}:{note.line}:1: {part} of step {note.id}: {msg}")
     if not paths and settings.templates_dir.is_dir():
         for file in sorted(settings.templates_dir.glob("*.mjml")):
             name = file.name
@@ -104,13 +118,45 @@ def import_contacts(engine: Engine, path: Path, console: Console) -> int:
         )
     console.print(
         f"{path}: {report.created} created, {report.updated} updated, "
-        f"{report.unchanged} unchanged, {len(report.rejected)} rejected",
+        f"{report.unchanged} unchanged, {len(report.rejected)} rejected"
+        + (
+            f" ({report.erased_before} erased before at their request: kept unsubscribed)"
+            if report.erased_before
+            else ""
+        ),
         highlight=False,
         markup=False,
     )
     for line in report.rejected:
         console.print(f"  {path}: {line}", highlight=False, markup=False)
     return EXIT_INVALID if report.rejected else EXIT_OK
+
+
+def erase_contact(engine: Engine, email: str, console: Console) -> int:
+    """GDPR erasure: personal data goes, anonymous counts and a hashed suppression stay."""
+    try:
+        summary = erase_contact_data(engine.db, email, engine.clock.now())
+    except PrivacyError as exc:
+        console.print(str(exc), highlight=False, markup=False)
+        return EXIT_ERROR
+    console.print(summary, highlight=False, markup=False)
+    return EXIT_OK
+
+
+def export_contact(engine: Engine, email: str, out: Path | None, console: Console) -> int:
+    """GDPR access: everything stored about a person, as JSON."""
+    try:
+        data = export_contact_data(engine.db, email)
+    except PrivacyError as exc:
+        console.print(str(exc), highlight=False, markup=False)
+        return EXIT_ERROR
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    if out is None:
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
+    else:
+        out.write_text(text + "\n", encoding="utf-8")
+        console.print(f"wrote {out}", highlight=False, markup=False)
+    return EXIT_OK
 
 
 def print_tick(result: TickResult, console: Console, now: str) -> None:
@@ -143,7 +189,48 @@ async def run(engine: Engine, console: Console, interval: float | None) -> int:
         if result.send.sent or result.plan.enrolled or result.send.errors:
             print_tick(result, console, f"{engine.clock.now():%Y-%m-%d %H:%M:%S} UTC")
 
-    await run_loop(engine, on_tick=report, interval=interval)
+    services = standard_services(engine)
+    tracking = engine.settings.tracking
+    console.print(
+        f"scheduler running; tracking app on {tracking.listen} (links point at "
+        f"{tracking.base_url}); IMAP poller "
+        + (f"on {engine.settings.imap.host}" if engine.settings.imap.username else "off ([imap])")
+        + (
+            f"; webhooks to {len(engine.settings.webhooks.urls)} URL(s)"
+            if engine.settings.webhooks.urls
+            else ""
+        ),
+        highlight=False,
+        markup=False,
+    )
+    await run_loop(engine, on_tick=report, interval=interval, services=services)
+    return EXIT_OK
+
+
+async def serve(engine: Engine, console: Console) -> int:
+    """The tracking HTTP app alone, until SIGTERM/SIGINT (buffered opens and clicks are written
+    before it exits). Several copies can share one database behind a load balancer."""
+    import asyncio
+    import gc
+    import signal
+
+    from engine.tracking import serve_tracking
+
+    require_real_secret(engine.settings)  # its CSRF and tracking tokens rest on the secret
+    # Everything loaded so far lives as long as the process: out of the collector's sight,
+    # full collections stop re-scanning it (a third of a pixel request's CPU otherwise).
+    gc.freeze()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tracking = engine.settings.tracking
+    console.print(
+        f"tracking app listening on {tracking.listen} (links point at {tracking.base_url})",
+        highlight=False,
+        markup=False,
+    )
+    await serve_tracking(engine, stop)
     return EXIT_OK
 
 
@@ -192,7 +279,7 @@ def preview(
         raise LookupError(f"no contact {email}")
     ref = secrets.token_bytes(12)
     context = {
-        "contact": contact_context(contact),
+        "contact": contact.template_context(),
         "sequence": seq.id,
         "step": step.id,
         "referral": None,
@@ -265,6 +352,74 @@ def retry_held(engine: Engine, sequence: str | None, console: Console) -> int:
     return EXIT_OK
 
 
+async def replies_poll(engine: Engine, console: Console) -> int:
+    """One pass over the reply mailbox: replies, auto-replies and bounces become events."""
+    from engine.replies import poll_once
+
+    stats = await poll_once(engine)
+    console.print(f"replies poll: {stats.summary()}", highlight=False, markup=False)
+    return EXIT_OK
+
+
+def _shown_url(url: str) -> str:
+    """A URL without its query, which may carry a receiver's token: ``https://h/p?…``."""
+    base, sep, _ = url.partition("?")
+    return base + ("?…" if sep else "")
+
+
+def webhooks_list(engine: Engine, status: str | None, limit: int, console: Console) -> int:
+    """Webhook deliveries, newest first: event, URL, attempts, last answer, next try."""
+    from engine.errors import SettingsError
+    from engine.webhooks import list_deliveries
+
+    if limit < 1:
+        raise SettingsError("--limit", "must be at least 1")
+    rows, total = list_deliveries(engine.db, status=status, limit=limit)
+    table = Table(title=f"webhook deliveries{f' ({status})' if status else ''}, newest first")
+    for col in ("id", "event", "url", "status", "attempts", "last status / error", "next try"):
+        table.add_column(col, justify="right" if col in {"id", "attempts"} else "left")
+    for d in rows:
+        last = d.last_error or (str(d.last_status) if d.last_status is not None else "-")
+        table.add_row(
+            str(d.id),
+            f"{d.event_type} #{d.event_id}",
+            _shown_url(d.url),
+            d.status,
+            str(d.attempts),
+            last,
+            f"{d.next_at:%Y-%m-%d %H:%M:%S}" if d.status == "pending" else "-",
+        )
+    console.print(table, markup=False, highlight=False)
+    console.print(f"{len(rows)} of {total} shown", highlight=False, markup=False)
+    return EXIT_OK
+
+
+def webhooks_replay(
+    engine: Engine, ids: list[int] | None, all_failed: bool, console: Console
+) -> int:
+    """Failed deliveries (``ids``, or all with ``all_failed``) back to pending, due now."""
+    from engine.webhooks import replay_failed
+
+    urls = engine.settings.webhooks.urls
+    result = replay_failed(engine.db, engine.clock.now(), urls, ids=None if all_failed else ids)
+    console.print(
+        f"replayed {len(result.replayed)} failed delivery(ies), attempts reset; "
+        "they go out on the next pass",
+        highlight=False,
+        markup=False,
+    )
+    if result.elsewhere:
+        console.print(
+            f"  {result.elsewhere} failed delivery(ies) left as they are: "
+            "their URL is no longer in webhooks.urls",
+            highlight=False,
+            markup=False,
+        )
+    for problem in result.problems:
+        console.print(f"  {problem}", highlight=False, markup=False)
+    return EXIT_INVALID if result.problems else EXIT_OK
+
+
 def report(engine: Engine, fmt: str, console: Console) -> int:
     data = build_report(engine.db, engine.sequences, engine.clock.now())
     if fmt == "json":
@@ -279,8 +434,8 @@ def report(engine: Engine, fmt: str, console: Console) -> int:
     for col in COLUMNS:
         table.add_column(col, justify="left" if col in {"sequence", "step"} else "right")
     for row in data.as_dict()["steps"]:
-        ctr = row["ctr"]
-        row["ctr"] = "-" if ctr is None else f"{ctr:.0%}"
+        for rate in ("ctr", "reply_rate"):
+            row[rate] = "-" if row[rate] is None else f"{row[rate]:.0%}"
         table.add_row(*(str(row[c]) for c in COLUMNS))
     console.print(table)
     rate = f"{data.conversion_rate:.0%}" if data.conversion_rate is not None else "-"

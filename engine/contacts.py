@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from engine.errors import ImportRowError
 from engine.mime import check_address
 from engine.planner import record_event
+from engine.privacy import was_erased
 from engine.store.db import Database
-from engine.store.models import Contact
+from engine.store.models import Contact, Event, Message
 from engine.windows import parse_zone
 
 STANDARD = (
@@ -50,6 +52,7 @@ class ImportReport:
     updated: int = 0
     unchanged: int = 0
     rejected: list[str] = field(default_factory=list)  # "row 7: email: missing"
+    erased_before: int = 0  # created again after an erasure: kept unsubscribed
 
     @property
     def total(self) -> int:
@@ -190,6 +193,10 @@ def _upsert(
                     updated_at=now,
                     check_at=now,
                 )
+                if was_erased(session, values["email"]):
+                    # They asked to be forgotten: back in the list, never emailed again.
+                    contact.unsubscribed_at = now
+                    report.erased_before += 1
                 session.add(contact)
                 session.flush()
                 report.created += 1
@@ -226,18 +233,45 @@ def _nps_answered(session: Any, contact: Contact, now: datetime) -> None:
 
 def record_nps_answer(db: Database, email: str, score: int, now: datetime, *, source: str) -> None:
     """A survey answer: latest wins; the planner routes on the ``nps.answered`` event."""
-    if not 0 <= score <= 10:
-        raise ImportRowError(f"nps_score: {score} is not from 0 to 10")
     with db.write() as session:
         contact = session.scalar(select(Contact).where(Contact.email == email.lower()))
         if contact is None:
             raise LookupError(f"no contact {email}")
-        contact.nps_score, contact.nps_at, contact.updated_at = score, now, now
-        contact.check_at = now
-        record_event(
-            session,
-            "nps.answered",
-            now,
-            contact_id=contact.id,
-            data={"score": score, "source": source},
+        apply_nps_answer(session, contact, score, now, source=source)
+
+
+def apply_nps_answer(
+    session: Session,
+    contact: Contact,
+    score: int,
+    now: datetime,
+    *,
+    source: str,
+    message: Message | None = None,
+) -> Event | None:
+    """Set ``contact``'s score (latest answer wins) and record ``nps.answered`` in ``session``.
+
+    With ``message`` (a click in the survey email), repeating the answer that is already the
+    latest one records nothing and returns None: a double click is one answer.
+    """
+    if isinstance(score, bool) or not isinstance(score, int) or not 0 <= score <= 10:
+        raise ImportRowError(f"nps_score: {score!r} is not from 0 to 10")
+    if message is not None and contact.nps_score == score:
+        latest = session.scalar(
+            select(Event)
+            .where(Event.contact_id == contact.id, Event.type == "nps.answered")
+            .order_by(Event.occurred_at.desc(), Event.id.desc())
+            .limit(1)
         )
+        if latest is not None and latest.message_id == message.id:
+            return None
+    contact.nps_score, contact.nps_at, contact.updated_at = score, now, now
+    contact.check_at = now
+    return record_event(
+        session,
+        "nps.answered",
+        now,
+        contact_id=contact.id,
+        message=message,
+        data={"score": score, "source": source},
+    )

@@ -9,18 +9,22 @@ the tracking app use, and a closing summary says who got what, and why.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import email
 import email.policy
+import inspect
 import logging
 import secrets
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -28,14 +32,16 @@ from sqlalchemy import select
 
 from engine.clock import AcceleratedClock
 from engine.commands import report as print_report
-from engine.contacts import import_contacts, record_nps_answer
+from engine.contacts import import_contacts
 from engine.explain import explain_contact
-from engine.planner import record_event
 from engine.referrals import add_referral, convert_referral
+from engine.replies import process_message, samples
 from engine.scheduler import Engine, tick
-from engine.settings import Settings, load_settings
+from engine.settings import NotifySettings, Settings, load_settings
 from engine.sink import EmlHandler, bound_port, start_sink
 from engine.store.models import Contact, Message
+from engine.tracking import build_app, message_links
+from engine.tracking.app import bind, serve_app
 from engine.transport import SmtpTransport
 
 START = datetime(2026, 1, 5, 7, 0, tzinfo=UTC)  # a Monday morning
@@ -51,35 +57,76 @@ class Moment:
     act: Callable[[Engine, datetime], object]
 
 
-def _reply(engine: Engine, now: datetime, who: str) -> None:
-    with engine.db.write() as session:
-        contact = session.scalar(select(Contact).where(Contact.email == who))
-        message = (
-            session.scalar(
-                select(Message)
-                .where(Message.contact_id == contact.id, Message.status == "sent")
-                .order_by(Message.sent_at.desc())
-                .limit(1)
-            )
-            if contact
-            else None
+def _latest_sent(engine: Engine, who: str) -> Message | None:
+    with engine.db.session() as session:
+        return session.scalar(
+            select(Message)
+            .join(Contact, Contact.id == Message.contact_id)
+            .where(Contact.email == who, Message.status == "sent")
+            .order_by(Message.sent_at.desc())
+            .limit(1)
         )
-        if contact is not None and message is not None:
-            record_event(
-                session,
-                "replied",
-                now,
-                contact_id=contact.id,
-                message=message,
-                data={"source": "demo", "snippet": "Happy to! Let me think who..."},
-            )
 
+
+def _inbound(engine: Engine, now: datetime, who: str, build: Callable[[Message], bytes]) -> str:
+    """An email arriving in the reply mailbox, through the IMAP poller's own path."""
+    message = _latest_sent(engine, who)
+    if message is None:
+        return "nothing was sent to them yet"
+    outcome = process_message(engine, build(message), now=now)
+    return f"read as {outcome.kind}"
+
+
+def _reply(engine: Engine, now: datetime, who: str, text: str) -> str:
+    reply_to = engine.settings.sender.reply_to
+    return _inbound(
+        engine, now, who, lambda m: samples.reply(who, reply_to, m.message_id, text, date=now)
+    )
+
+
+def _bounce(engine: Engine, now: datetime, who: str) -> str:
+    return _inbound(engine, now, who, lambda m: samples.dsn(who, m.message_id, date=now))
+
+
+async def _web(engine: Engine, who: str, action: str) -> str:
+    """A person (or their mail client) using the links of the latest email they got, over
+    HTTP against the running tracking app."""
+    message = _latest_sent(engine, who)
+    if message is None:
+        return "nothing was sent to them yet"
+    links = message_links(engine, message.message_id)
+    assert links is not None
+    async with httpx.AsyncClient(timeout=10) as client:
+        if action == "open":
+            response = await client.get(links.open, headers={"User-Agent": BROWSER})
+        elif action.startswith("nps"):
+            response = await client.get(links.nps[int(action[3:])], headers={"User-Agent": BROWSER})
+        else:  # one-click unsubscribe, as a mail client's button does it (RFC 8058)
+            response = await client.post(
+                links.unsubscribe,
+                content="List-Unsubscribe=One-Click",
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+    return f"HTTP {response.status_code}"
+
+
+BROWSER = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 Safari/605.1.15"
 
 MOMENTS = [
     Moment(
+        timedelta(days=2, hours=4),
+        "Ana opens the referral ask (the open pixel, through the tracking app)",
+        lambda e, now: _web(e, "ana.lima@example.com", "open"),
+    ),
+    Moment(
         timedelta(days=2, hours=5),
-        "Layla replies to the referral ask (the sequence stops)",
-        lambda e, now: _reply(e, now, "layla.haddad@example.sa"),
+        "Layla replies to the referral ask (read from the reply mailbox; the sequence stops)",
+        lambda e, now: _reply(e, now, "layla.haddad@example.sa", "Happy to! Let me think who..."),
+    ),
+    Moment(
+        timedelta(days=2, hours=6),
+        "Budi presses Unsubscribe in his mail app (RFC 8058 one-click; nothing more is sent)",
+        lambda e, now: _web(e, "budi.santoso@example.co.id", "unsubscribe"),
     ),
     Moment(
         timedelta(days=3, hours=2),
@@ -90,18 +137,23 @@ MOMENTS = [
     ),
     Moment(
         timedelta(days=9),
-        "Tom answers the NPS survey with a 10",
-        lambda e, now: record_nps_answer(e.db, "tom.chen@example.com", 10, now, source="demo"),
+        "Tom clicks 10 in the NPS survey (routing: thank-you, and a note to sales)",
+        lambda e, now: _web(e, "tom.chen@example.com", "nps10"),
     ),
     Moment(
         timedelta(days=23),
-        "Mia becomes a customer (reward email to Ana)",
+        "Mia becomes a customer (reward email to Ana, gifts for both)",
         lambda e, now: convert_referral(e.db, "mia.wong@example.com", now, value=Decimal("1200")),
+    ),
+    Moment(
+        timedelta(days=30, hours=12),
+        "A bounce report arrives for Carl's ask (read from the reply mailbox; suppressed)",
+        lambda e, now: _bounce(e, now, "carl.meyer@example.com"),
     ),
 ]
 
 
-def demo_settings(folder: Path, smtp_port: int) -> Settings:
+def demo_settings(folder: Path, smtp_port: int, http_port: int) -> Settings:
     base = (
         load_settings(ROOT / "settings.toml") if (ROOT / "settings.toml").exists() else Settings()
     )
@@ -122,7 +174,17 @@ def demo_settings(folder: Path, smtp_port: int) -> Settings:
         ),
         # Simulated seconds fly by: a lease or retry measured in minutes would expire
         # between two real milliseconds, so both are scaled to the accelerated clock.
-        tracking=dataclasses.replace(base.tracking, secret=secrets.token_urlsafe(32)),
+        tracking=dataclasses.replace(
+            base.tracking,
+            secret=secrets.token_urlsafe(32),
+            base_url=f"http://127.0.0.1:{http_port}",
+            listen=f"127.0.0.1:{http_port}",
+        ),
+        notify=NotifySettings(
+            owner="owner@acme.example",
+            sales="sales@acme.example",
+            account_manager="accounts@acme.example",
+        ),
         schedule=dataclasses.replace(base.schedule, tick_seconds=0.0, lease_seconds=7 * 86400),
         base_dir=folder,
     )
@@ -153,12 +215,23 @@ async def _demo(folder: Path, weeks: int, speed: float, console: Console) -> int
     )
     server = await start_sink(handler)
     clock = AcceleratedClock(START, speed)
-    settings = demo_settings(folder, bound_port(server))
+    web = bind("127.0.0.1", 0)
+    settings = demo_settings(folder, bound_port(server), web.getsockname()[1])
     engine = Engine.build(settings, clock)
+    # Compile every template first: at thousands of simulated seconds per real one, the first
+    # tick's compiling would otherwise let days go by before the first email.
+    for template in sorted(
+        {t for seq in engine.sequences.values() for _, t, *_ in seq.template_refs}
+    ):
+        engine.renderer.check(template)
+    clock = AcceleratedClock(START, speed)
+    engine = dataclasses.replace(engine, clock=clock)
+    stop_web = asyncio.Event()
+    app = asyncio.create_task(serve_app(build_app(engine), web, stop_web))
     console.rule("referral engine demo")
     console.print(
         f"database {folder / 'demo.db'}; SMTP sink 127.0.0.1:{bound_port(server)} "
-        f"writing .eml files to {mail}",
+        f"writing .eml files to {mail}; tracking app {settings.tracking.base_url}",
         highlight=False,
     )
     console.print(
@@ -175,8 +248,11 @@ async def _demo(folder: Path, weeks: int, speed: float, console: Console) -> int
         while (now := clock.now()) < end:
             while pending and START + pending[0].at <= now:
                 moment = pending.pop(0)
-                console.print(f"[dim]{now:%a %m-%d %H:%M}[/dim]  * {moment.what}")
-                moment.act(engine, now)
+                done = moment.act(engine, now)
+                if inspect.isawaitable(done):
+                    done = await done
+                said = f" [dim]({escape(done)})[/dim]" if isinstance(done, str) else ""
+                console.print(f"[dim]{now:%a %m-%d %H:%M}[/dim]  * {moment.what}{said}")
             outcome = await tick(engine, transport)
             for error in outcome.send.errors:
                 console.print(
@@ -187,13 +263,44 @@ async def _demo(folder: Path, weeks: int, speed: float, console: Console) -> int
                     f"[dim]{now:%a %m-%d %H:%M}[/dim]  sent {outcome.send.sent}", highlight=False
                 )
             await asyncio.sleep(0.05)  # the accelerated clock moves on meanwhile
+        _summary(engine, mail, console)
+        _links(engine, console)
+        if sys.stdin.isatty():
+            console.print(
+                "The tracking app keeps serving these links; press Ctrl+C to stop.",
+                highlight=False,
+            )
+            with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
+                await asyncio.get_running_loop().create_future()  # until Ctrl+C
     finally:
+        stop_web.set()
+        await app
         await transport.close()
         server.close()
         await server.wait_closed()
-    _summary(engine, mail, console)
-    engine.close()
+        engine.close()
     return 0
+
+
+def _links(engine: Engine, console: Console) -> None:
+    """Links of a real sent email that a person can open in a browser."""
+    message = _latest_sent(engine, "peter.novak@example.com") or _latest_sent(
+        engine, "ana.lima@example.com"
+    )
+    if message is None:
+        return
+    links = message_links(engine, message.message_id)
+    assert links is not None
+    console.rule("open these in a browser (the tracking app is still running)")
+    for label, url in (
+        ("unsubscribe page", links.unsubscribe),
+        ("NPS answer 9 and its follow-up questions", links.nps[9]),
+        ("introduce one or two people", links.intro_form),
+        ("testimonial", links.testimonial),
+        ("personal referral page (for friends)", links.referral or "-"),
+        ("partner intake form", links.partner_form),
+    ):
+        console.print(f"{label}: {url}", highlight=False, soft_wrap=True)
 
 
 def _summary(engine: Engine, mail: Path, console: Console) -> None:

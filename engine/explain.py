@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from engine.audience import Decision, PastEnrollment, blocked, check_audience
 from engine.planner import Planner
-from engine.sequences import BranchStep, SendStep, Sequence, WaitStep
+from engine.sequences import BranchStep, NotifyStep, SendStep, Sequence, WaitStep
 from engine.store.models import Contact, Enrollment, Message, Suppression
 from engine.windows import next_open
 
@@ -151,6 +151,9 @@ def timeline(
             if target == "end":
                 break
             pos = pos + 1 if target is None else seq.index(target)
+        elif isinstance(step, NotifyStep):
+            entries.append(TimelineEntry(at, contact.email, step.id, f"notify {step.role}"))
+            pos += 1
         else:
             assert isinstance(step, SendStep)
             at = next_open(at, window, zone)

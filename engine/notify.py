@@ -18,9 +18,8 @@ from sqlalchemy.orm import Session
 from engine.clock import Clock
 from engine.errors import PermanentFailure, PolicyFailure, TemporaryFailure
 from engine.mime import OutgoingEmail, build_message, make_message_id
-from engine.planner import insert_ignore, lock_rows
 from engine.settings import Settings
-from engine.store.db import Database
+from engine.store.db import Database, insert_ignore, lock_rows
 from engine.store.models import Notification
 from engine.transport import Transport
 

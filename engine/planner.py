@@ -15,11 +15,11 @@ import secrets
 from collections import defaultdict
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -32,14 +32,27 @@ from engine.audience import (
     trigger_lapsed,
 )
 from engine.clock import Clock
+from engine.errors import TemplateError
 from engine.mime import make_message_id
-from engine.sequences import BranchStep, SendStep, Sequence, WaitStep
+from engine.notify import notify
+from engine.rendering import Renderer
+from engine.rewards import issue_rewards
+from engine.sequences import BranchStep, NotifyStep, SendStep, Sequence, WaitStep
 from engine.settings import Settings
-from engine.store.db import Database
-from engine.store.models import Contact, Enrollment, Event, Message, Meta, Suppression
+from engine.store.db import Database, insert_ignore, lock_rows
+from engine.store.models import (
+    Contact,
+    Enrollment,
+    Event,
+    Message,
+    Meta,
+    Referral,
+    Suppression,
+)
 from engine.windows import SendWindow, next_open
 
 log = logging.getLogger("engine.planner")
+YEAR = timedelta(days=365)
 
 BATCH = 1000
 # Events after which every sequence of the contact stops, whatever its stop_when says.
@@ -65,23 +78,6 @@ class PlanStats:
         return self
 
 
-def insert_ignore(session: Session, db: Database, model: Any, rows: list[dict[str, Any]]) -> int:
-    """INSERT rows whose unique key is not taken yet (idempotent writes); returns how many."""
-    if not rows:
-        return 0
-    dialect = postgresql if db.is_postgres else sqlite
-    table = model.__table__
-    # Core, one statement for the batch; RETURNING, not rowcount, because drivers disagree
-    # on rowcount for ON CONFLICT DO NOTHING.
-    stmt = dialect.insert(table).on_conflict_do_nothing().returning(table.c.id)
-    return len(session.execute(stmt, rows).all())
-
-
-def lock_rows(db: Database, stmt: Select[Any]) -> Select[Any]:
-    """Let concurrent PostgreSQL workers take disjoint rows; SQLite has one writer anyway."""
-    return stmt.with_for_update(skip_locked=True) if db.is_postgres else stmt
-
-
 def is_suppressed(session: Session, email: str) -> bool:
     return session.get(Suppression, email) is not None
 
@@ -100,9 +96,15 @@ class Planner:
     """Turns sequences, contacts and events into enrollments and outbox rows."""
 
     def __init__(
-        self, db: Database, sequences: dict[str, Sequence], settings: Settings, clock: Clock
+        self,
+        db: Database,
+        sequences: dict[str, Sequence],
+        settings: Settings,
+        clock: Clock,
+        renderer: Renderer,
     ) -> None:
         self.db = db
+        self.renderer = renderer  # the text of notify steps
         self.sequences = sequences
         self.settings = settings
         self.clock = clock
@@ -115,12 +117,18 @@ class Planner:
             if seq.trigger is not None:
                 self.by_trigger[seq.trigger.event].append(seq)
         self.audience_sequences = [s for s in sequences.values() if s.audience and not s.trigger]
+        self.ask_steps = {
+            (seq.id, step.id)
+            for seq in sequences.values()
+            for step in seq.steps
+            if isinstance(step, SendStep) and step.referral_ask
+        }
         # Event types the planner reacts to; the rest (most opens and clicks) are only marked
         # handled, without a query, since branches read events directly.
         self.reactive_types = (
             GLOBAL_STOPS
             | RECHECK_EVENTS
-            | {"bounced"}
+            | {"bounced", "referral.converted"}
             | set(self.by_trigger)
             | {t for seq in sequences.values() for t in seq.stop_when}
         )
@@ -197,6 +205,8 @@ class Planner:
                 ev.handled_at = now
                 continue
             contact = session.get(Contact, ev.contact_id) if ev.contact_id else None
+            if ev.type == "referral.converted":
+                self._reward(session, ev, now)
             if contact is not None:
                 self._apply_contact_state(session, ev, contact)
                 stats.stopped += self._apply_stops(session, ev, contact, now)
@@ -205,6 +215,19 @@ class Planner:
                 if ev.type in RECHECK_EVENTS:
                     contact.check_at = now
             ev.handled_at = now
+
+    def _reward(self, session: Session, ev: Event, now: datetime) -> None:
+        """Give the thank-you gifts of a conversion (once, whoever reported it) and put them
+        in the event, where the reward email reads ``reward.description``."""
+        referral = session.get(Referral, (ev.data or {}).get("referral_id"))
+        if referral is None or referral.status != "converted":
+            return
+        given = issue_rewards(session, self.db, self.settings, referral, now)
+        if given:
+            gifts = {"reward": {"description": given["referrer"]}} if "referrer" in given else {}
+            if "friend" in given:
+                gifts["friend_reward"] = {"description": given["friend"]}
+            ev.data = {**(ev.data or {}), **gifts}  # a new dict: JSON columns track assignment
 
     @staticmethod
     def _apply_contact_state(session: Session, ev: Event, contact: Contact) -> None:
@@ -230,7 +253,9 @@ class Planner:
         stopped = 0
         for enrollment in running:
             seq = self.sequences.get(enrollment.sequence_id)
-            wanted = seq is not None and ev.type in seq.stop_when
+            # A soft bounce (mailbox full, a 4.x.x) keeps the run going; repeated ones
+            # suppress the address, which stops it through the suppression list.
+            wanted = seq is not None and ev.type in seq.stop_when and (ev.type != "bounced" or hard)
             if wanted or ev.type in GLOBAL_STOPS or hard:
                 reason = f"{ev.type} at {ev.occurred_at:%Y-%m-%d %H:%M}"
             elif (
@@ -277,6 +302,9 @@ class Planner:
             if blocked(contact, is_suppressed(session, contact.email)) is not None:
                 continue
             if not check_trigger(contact, seq.trigger, ev.type, ev.data or {}).eligible:
+                continue
+            if seq.trigger.max_age is not None and now - ev.occurred_at > seq.trigger.max_age:
+                log.info("trigger_too_old %s %s event=%s", seq.id, contact.email, ev.id)
                 continue
             if seq.audience is not None:
                 decision = check_audience(contact, seq.audience, now)
@@ -461,6 +489,9 @@ class Planner:
                 if base > now:
                     self._stand(seq, enrollment, pos, base)
                     return
+            elif isinstance(step, NotifyStep):
+                self._notify(session, seq, step, enrollment, contact, now)
+                pos += 1
             elif isinstance(step, BranchStep):
                 target = step.then if self._happened(session, messages, step) else step.otherwise
                 if target == END:
@@ -471,7 +502,10 @@ class Planner:
             else:
                 assert isinstance(step, SendStep)
                 # Eligibility is checked again before every email, not only on entry.
-                if reason := self.lapsed(session, seq, contact, now, contact.email in suppressed):
+                reason = self.lapsed(session, seq, contact, now, contact.email in suppressed)
+                if reason is None and step.referral_ask:
+                    reason = self.ask_fatigue(session, enrollment, now)
+                if reason is not None:
                     self.end_enrollment(session, enrollment, "stopped", reason, now)
                     stats.stopped += 1
                     return
@@ -484,6 +518,130 @@ class Planner:
     def _stand(seq: Sequence, enrollment: Enrollment, pos: int, next_at: datetime | None) -> None:
         """Save where the run stands: the next step's index and id (see Sequence.resume_at)."""
         enrollment.position, enrollment.step, enrollment.next_at = pos, seq.mark_of(pos), next_at
+
+    def ask_fatigue(self, session: Session, enrollment: Enrollment, now: datetime) -> str | None:
+        """Why the contact must not be asked for a referral again yet (program rules across
+        every sequence), else None. An ask is a run that sent (or queued) a referral-ask
+        email; its own reminders are part of it."""
+        rules = self.settings.program
+        if not self.ask_steps:
+            return None
+        when = func.coalesce(Message.sent_at, Message.due_at)
+        rows = session.execute(
+            select(
+                Message.id, Message.enrollment_id, Message.sequence_id, Message.step_id, when
+            ).where(
+                Message.contact_id == enrollment.contact_id,
+                Message.enrollment_id != enrollment.id,
+                Message.status.in_(("queued", "sending", "sent")),
+                when > now - YEAR,
+            )
+        ).all()
+        runs: dict[int, tuple[datetime, list[int]]] = {}
+        for message_id, run, seq_id, step_id, at in rows:
+            if (seq_id, step_id) in self.ask_steps:
+                last, ids = runs.get(run, (at, []))
+                runs[run] = (max(last, at), [*ids, message_id])
+        if not runs:
+            return None
+        if len(runs) >= rules.max_asks_per_year:
+            return f"asked {len(runs)} times in 12 months (program.max_asks_per_year)"
+        latest = sorted(runs.values(), key=lambda run: run[0], reverse=True)
+        engaged = set(
+            session.scalars(
+                select(Event.message_id).where(
+                    Event.message_id.in_([i for _, ids in latest for i in ids]),
+                    Event.type.in_(("clicked", "replied")),
+                    Event.machine.is_(False),
+                )
+            )
+        )
+        ignored = 0
+        for _, ids in latest:
+            if engaged.intersection(ids):
+                break
+            ignored += 1
+        spacing = timedelta(days=rules.ask_spacing_days * 2**ignored)
+        if now - latest[0][0] < spacing:
+            return (
+                f"asked {latest[0][0]:%Y-%m-%d}; the next ask waits {spacing.days} days"
+                f" ({ignored} ignored before, program.ask_spacing_days)"
+            )
+        return None
+
+    def _notify(
+        self,
+        session: Session,
+        seq: Sequence,
+        step: NotifyStep,
+        enrollment: Enrollment,
+        contact: Contact,
+        now: datetime,
+    ) -> None:
+        """Queue the note (once per run and step) and record the ``notified`` event. A note
+        whose text fails to render still goes out, as the standard summary with the error:
+        the team hears about the customer either way."""
+        context = self._note_context(session, seq, step, enrollment, contact)
+        try:
+            subject = " ".join(self.renderer.render_note(step.subject, context).split())
+            body = self.renderer.render_note(step.body or DEFAULT_NOTE, context)
+        except TemplateError as exc:
+            log.warning("note_render_failed %s/%s: %s", seq.id, step.id, exc)
+            subject = f"[{step.role}] {contact.email} ({seq.id})"
+            body = self.renderer.render_note(DEFAULT_NOTE, context)
+            body += f"\n(The note in {seq.path} step {step.id} failed to render: {exc})\n"
+        ev = record_event(
+            session,
+            "notified",
+            now,
+            contact_id=contact.id,
+            data={"role": step.role, "subject": subject, "sequence": seq.id, "step": step.id},
+        )
+        ev.handled_at = now  # for webhooks and reports; no sequence reacts to it
+        session.flush()
+        notify(
+            session,
+            self.db,
+            self.settings,
+            step.role,
+            key=f"step:{enrollment.id}:{step.id}",
+            subject=subject,
+            body=body,
+            now=now,
+            contact_id=contact.id,
+            event_id=ev.id,
+        )
+
+    @staticmethod
+    def _note_context(
+        session: Session, seq: Sequence, step: NotifyStep, enrollment: Enrollment, contact: Contact
+    ) -> dict[str, Any]:
+        """contact, sequence, step, event (the trigger's data) and nps: the latest answer
+        with what the contact wrote on the survey page for that score."""
+        trigger = (
+            session.get(Event, enrollment.trigger_event_id) if enrollment.trigger_event_id else None
+        )
+        comment = session.scalar(
+            select(Event)
+            .where(Event.contact_id == contact.id, Event.type == "nps.comment")
+            .order_by(Event.occurred_at.desc(), Event.id.desc())
+            .limit(1)
+        )
+        written = (comment.data or {}) if comment is not None else {}
+        if written.get("score") != contact.nps_score:
+            written = {}
+        return {
+            "contact": contact.template_context(),
+            "sequence": seq.id,
+            "step": step.id,
+            "event": dict(trigger.data or {}) if trigger is not None else {},
+            "nps": {
+                "score": contact.nps_score,
+                "answered_at": f"{contact.nps_at:%Y-%m-%d %H:%M} UTC" if contact.nps_at else "",
+                "improve": written.get("improve") or "",
+                "other": written.get("other") or "",
+            },
+        }
 
     def _happened(self, session: Session, messages: dict[str, Message], step: BranchStep) -> bool:
         message = messages.get(step.step)
@@ -533,6 +691,19 @@ class Planner:
             "fence": 0,
             "created_at": self.clock.now(),
         }
+
+
+# The body of a note whose step sets none.
+DEFAULT_NOTE = """\
+{{ contact.first_name | default("") }} {{ contact.last_name | default("") }} <{{ contact.email }}>\
+{% if contact.company is defined %} ({{ contact.company }}){% endif %}
+NPS: {{ nps.score if nps.score is not none else "no answer yet" }}\
+{% if nps.answered_at %} (answered {{ nps.answered_at }}){% endif %}
+What would move the score closer to 10: {{ nps.improve or "(nothing written)" }}
+Anything else: {{ nps.other or "(nothing written)" }}
+
+Sequence {{ sequence }}, step {{ step }}.
+"""
 
 
 def schedule_reentry(

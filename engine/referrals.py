@@ -8,8 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from engine.errors import EngineError
 from engine.mime import check_address
@@ -44,8 +46,12 @@ def add_referral(
     *,
     name: str | None = None,
     channel: str = "cli",
+    consent: str | None = None,
 ) -> ReferralOutcome:
-    """Record that ``referrer_email`` introduced ``friend_email``."""
+    """Record that ``referrer_email`` introduced ``friend_email``.
+
+    ``consent``: the wording the person ticked on a web form (kept in the event's data).
+    """
     referrer_addr = _address(referrer_email, "--referrer")
     friend = _address(friend_email, "--email")
     if referrer_addr == friend:
@@ -59,11 +65,33 @@ def add_referral(
                 Referral.referrer_id == referrer.id, Referral.friend_email == friend
             )
         )
+        if existing is not None and existing.status == "detected":
+            # A person confirms what the engine found in a reply: now it is an introduction.
+            existing.status, existing.updated_at = "introduced", now
+            existing.friend_name = name or existing.friend_name
+            record_event(
+                session,
+                "referral.created",
+                now,
+                contact_id=referrer.id,
+                data={
+                    "referral_id": existing.id,
+                    "friend_email": friend,
+                    "friend_name": existing.friend_name,
+                    "channel": existing.channel,
+                    "status": "introduced",
+                    "confirmed": True,
+                },
+            )
+            return ReferralOutcome(
+                existing.id, True, f"confirmed: {referrer_addr} introduced {friend}"
+            )
         if existing is not None:
             return ReferralOutcome(
                 existing.id, False, f"{referrer_addr} -> {friend} was already recorded"
             )
         friend_contact = session.scalar(select(Contact).where(Contact.email == friend))
+        flag = attribution_flag(session, referrer, friend, friend_contact, now)
         referral = Referral(
             referrer_id=referrer.id,
             friend_email=friend,
@@ -72,6 +100,10 @@ def add_referral(
             channel=channel,
             status="introduced",
             created_at=now,
+            updated_at=now,
+            flag=flag,
+            consent_text=consent,
+            consent_at=now if consent is not None else None,
         )
         session.add(referral)
         session.flush()
@@ -86,9 +118,41 @@ def add_referral(
                 "friend_name": name,
                 "channel": channel,
                 "status": "introduced",
+                **({"flag": flag} if flag is not None else {}),
+                **({"consent": consent} if consent is not None else {}),
             },
         )
-        return ReferralOutcome(referral.id, True, f"recorded: {referrer_addr} introduced {friend}")
+        note = f" (flagged: {flag.replace('_', ' ')}, no reward)" if flag else ""
+        return ReferralOutcome(
+            referral.id, True, f"recorded: {referrer_addr} introduced {friend}{note}"
+        )
+
+
+def _mailbox(address: str) -> str:
+    """The mailbox an address reaches: ``ann+promo@x.com`` and ``ann@x.com`` are one."""
+    local, _, domain = address.partition("@")
+    return f"{local.split('+', 1)[0]}@{domain}"
+
+
+def attribution_flag(
+    session: Session,
+    referrer: Contact,
+    friend: str,
+    friend_contact: Contact | None,
+    now: datetime,
+) -> str | None:
+    """Why an introduction must not be rewarded, else None: ``self_referral`` (the referrer's
+    own mailbox), ``duplicate`` (somebody else introduced this friend first) or
+    ``existing_customer`` (the friend was a customer before the introduction)."""
+    if _mailbox(friend) == _mailbox(referrer.email):
+        return "self_referral"
+    if session.scalar(select(Referral.id).where(Referral.friend_email == friend).limit(1)):
+        return "duplicate"
+    if friend_contact is not None and friend_contact.kind == "customer":
+        since = friend_contact.customer_since
+        if since is None or since <= now:
+            return "existing_customer"
+    return None
 
 
 def convert_referral(
@@ -125,3 +189,61 @@ def convert_referral(
             },
         )
         return ReferralOutcome(referral.id, True, f"converted: {friend}")
+
+
+def record_detected_referral(
+    session: Session,
+    referrer: Contact,
+    friend_email: str,
+    now: datetime,
+    *,
+    name: str | None,
+    channel: str,
+    evidence: dict[str, Any],
+) -> Referral | None:
+    """Record, in the caller's transaction, an introduction the engine found by itself (a new
+    address in a reply's Cc, "meet X <x@...>"): a referral with status "detected" and a
+    ``referral.created`` event whose data has ``detected`` and ``review`` true, so a person
+    can confirm it. None when this referrer already introduced that address."""
+    friend = friend_email.strip().lower()
+    if friend == referrer.email:
+        return None
+    name = (name or "").strip()[:200] or None  # a display name can be any length
+    existing = session.scalar(
+        select(Referral.id).where(
+            Referral.referrer_id == referrer.id, Referral.friend_email == friend
+        )
+    )
+    if existing is not None:
+        return None
+    friend_contact = session.scalar(select(Contact).where(Contact.email == friend))
+    referral = Referral(
+        referrer_id=referrer.id,
+        friend_email=friend,
+        friend_name=name,
+        friend_contact_id=friend_contact.id if friend_contact else None,
+        channel=channel,
+        status="detected",
+        created_at=now,
+        updated_at=now,
+        flag=attribution_flag(session, referrer, friend, friend_contact, now),
+    )
+    session.add(referral)
+    session.flush()
+    record_event(
+        session,
+        "referral.created",
+        now,
+        contact_id=referrer.id,
+        data={
+            "referral_id": referral.id,
+            "friend_email": friend,
+            "friend_name": name,
+            "channel": channel,
+            "status": "detected",
+            "detected": True,
+            "review": True,
+            **evidence,
+        },
+    )
+    return referral

@@ -81,6 +81,8 @@ RTL_LANGS = frozenset({"ar", "he", "fa", "ur", "ps", "sd", "ug", "yi"})
 CONTEXT_NAMES = frozenset(
     {"contact", "sender", "sequence", "step", "lang", "dir", "links", "referral", "reward"}
 )
+# What the text of a note to the team (a notify step) may use.
+NOTE_CONTEXT_NAMES = frozenset({"contact", "sender", "sequence", "step", "nps", "event"})
 MAX_OUTPUT_CHARS = 2_000_000  # per rendered part and per value built by a template
 MAX_ITEMS = 100_000  # per range() / list repetition
 MAX_INT_BITS = 65_536
@@ -1734,13 +1736,29 @@ class Renderer:
                     problems.append(found)
         return problems
 
-    def check_subject(self, subject: str) -> str | None:
-        """A Jinja syntax error (or unknown variable) in a subject line, else None."""
+    def check_subject(self, subject: str, names: frozenset[str] = CONTEXT_NAMES) -> str | None:
+        """A Jinja syntax error (or a variable outside ``names``) in a line of text, else None."""
         try:
             ast = self._text_env.parse(subject)
         except TemplateSyntaxError as exc:
             return f"Jinja syntax error: {exc.message}"
-        unknown = meta.find_undeclared_variables(ast) - CONTEXT_NAMES - set(self._text_env.globals)
+        unknown = meta.find_undeclared_variables(ast) - names - set(self._text_env.globals)
         if unknown:
             return f"unknown variable {sorted(unknown)[0]!r}"
         return None
+
+    def render_note(self, source: str, context: Mapping[str, Any]) -> str:
+        """Jinja text (a note's subject or body) in the sandbox, under the render deadline;
+        TemplateError when it cannot be rendered (a missing value, a typo)."""
+        token = _DEADLINE.set(time.perf_counter() + self._timeout)
+        try:
+            variables = {**self._globals, **context, "sender": self._sender}
+            return "".join(_render_part(self._subject(source), variables))
+        except TemplateError:
+            raise
+        except UndefinedError as exc:
+            raise TemplateError(exc.message or str(exc)) from exc
+        except Exception as exc:
+            raise TemplateError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            _DEADLINE.reset(token)

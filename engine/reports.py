@@ -6,16 +6,18 @@ import csv
 import io
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, distinct, func, or_, select
+from sqlalchemy import and_, case, distinct, false, func, or_, select, true
 
 from engine.sequences import SendStep, Sequence
 from engine.store.db import Database
 from engine.store.models import Alert, Event, Message, Referral
 
-ENGAGEMENT = ("opened", "clicked", "replied", "unsubscribed", "bounced")
+ENGAGEMENT = ("opened", "clicked", "replied", "unsubscribed", "bounced", "auto_replied")
+
+ALERT_DAYS = timedelta(days=30)  # how long an alert without a pause stays in the report
 
 
 @dataclass
@@ -32,11 +34,19 @@ class StepRow:
     clicked: int = 0
     replied: int = 0
     unsubscribed: int = 0
+    auto_replied: int = 0  # out-of-office answers (they do not count as replies)
+    hard_bounced: int = 0  # of ``bounced``: the address is gone (suppressed)
+    soft_bounced: int = 0  # of ``bounced``: mailbox full, delayed, refused for now
 
     @property
     def ctr(self) -> float | None:
         """Click-through rate = emails clicked / emails opened."""
         return self.clicked / self.opened if self.opened else None
+
+    @property
+    def reply_rate(self) -> float | None:
+        """Response rate = emails replied to / emails sent."""
+        return self.replied / self.sent if self.sent else None
 
 
 @dataclass
@@ -55,7 +65,7 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         return {
             "alerts": self.alerts,
-            "steps": [{**asdict(s), "ctr": s.ctr} for s in self.steps],
+            "steps": [{**asdict(s), "ctr": s.ctr, "reply_rate": s.reply_rate} for s in self.steps],
             "referrals": {
                 "asked": self.asked,
                 "referrals": self.referrals,
@@ -74,7 +84,15 @@ def build_report(db: Database, sequences: dict[str, Sequence], now: datetime) ->
         report.alerts = [
             a.message
             for a in session.scalars(
-                select(Alert).where(Alert.pause_until > now).order_by(Alert.created_at)
+                select(Alert)
+                .where(
+                    # sending paused now, or something to act on (no pause) from the last 30 days
+                    or_(
+                        Alert.pause_until > now,
+                        and_(Alert.pause_until.is_(None), Alert.created_at > now - ALERT_DAYS),
+                    )
+                )
+                .order_by(Alert.created_at)
             )
         ]
         status_counts = session.execute(
@@ -88,6 +106,7 @@ def build_report(db: Database, sequences: dict[str, Sequence], now: datetime) ->
                 status, status
             )
             setattr(row, attr, getattr(row, attr) + count)
+        hard = func.coalesce(Event.data["hard"].as_boolean(), false())
         engaged = session.execute(
             select(
                 Event.sequence_id,
@@ -96,15 +115,22 @@ def build_report(db: Database, sequences: dict[str, Sequence], now: datetime) ->
                     func.count(distinct(case((Event.type == t, Event.message_id))))
                     for t in ENGAGEMENT
                 ],
+                *[
+                    func.count(
+                        distinct(case((and_(Event.type == "bounced", hard == v), Event.message_id)))
+                    )
+                    for v in (true(), false())
+                ],
             )
             .where(Event.message_id.is_not(None), Event.type.in_(ENGAGEMENT))
             .group_by(Event.sequence_id, Event.step_id)
         ).all()
-        for event_seq, event_step, *counts in engaged:
+        for event_seq, event_step, *counts, hard_count, soft_count in engaged:
             key = (str(event_seq), str(event_step))  # set on every event with a message
             row = rows.setdefault(key, StepRow(*key))
             for name, count in zip(ENGAGEMENT, counts, strict=True):
                 setattr(row, name, count)
+            row.hard_bounced, row.soft_bounced = hard_count, soft_count
         ask_steps = [
             (s.id, step.id)
             for s in sequences.values()
@@ -156,9 +182,13 @@ COLUMNS = (
     "held",
     "cancelled",
     "bounced",
+    "hard_bounced",
+    "soft_bounced",
     "opened",
     "clicked",
     "replied",
+    "reply_rate",
+    "auto_replied",
     "unsubscribed",
     "ctr",
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -60,7 +61,7 @@ class Engine:
         return self.loaded.sequences
 
     def planner(self) -> Planner:
-        return Planner(self.db, self.loaded.sequences, self.settings, self.clock)
+        return Planner(self.db, self.loaded.sequences, self.settings, self.clock, self.renderer)
 
     def sender(self, transport: Transport, *, worker_id: str | None = None) -> Sender:
         return Sender(
@@ -106,9 +107,17 @@ class TickResult:
 
 
 async def tick(
-    engine: Engine, transport: Transport | None = None, stop: asyncio.Event | None = None
+    engine: Engine,
+    transport: Transport | None = None,
+    stop: asyncio.Event | None = None,
+    *,
+    webhooks: bool = True,
 ) -> TickResult:
-    """One pass at the clock's now: plan, send what is due, then react to what sending caused."""
+    """One pass at the clock's now: plan, send what is due, then react to what sending caused.
+
+    ``webhooks``: then queue new webhook deliveries and make one bounded delivery pass (off in
+    ``run``, whose webhooks service delivers without holding up the next tick).
+    """
     planner = engine.planner()
     plan = planner.plan()
     own = transport is None
@@ -121,6 +130,10 @@ async def tick(
             await transport.close()
     # Bounces recorded while sending stop their sequences now, not on the next tick.
     plan += planner.plan()
+    if webhooks and engine.settings.webhooks.urls:
+        from engine.webhooks import webhooks_pass  # httpx is imported only when it is used
+
+        await webhooks_pass(engine)  # after the emails; within webhooks.timeout_seconds
     await asyncio.to_thread(engine.db.checkpoint)
     return TickResult(plan, sent, notes)
 
@@ -136,8 +149,10 @@ async def run(
 ) -> None:
     """Tick until SIGTERM/SIGINT (or ``stop``); in-flight sends finish, the rest is released.
 
-    ``services`` (the tracking app, the IMAP poller) run alongside the ticks and are handed the
-    same stop event: each returns once it is set, after a clean shutdown of its own.
+    ``services`` (the tracking app, the IMAP poller: see ``standard_services``) run alongside
+    the ticks and are handed the same stop event: each returns once it is set, after a clean
+    shutdown of its own. Webhooks, when configured, are delivered by a service of their own
+    here, so a slow receiver never holds up a tick.
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -147,10 +162,15 @@ async def run(
     own = transport is None
     transport = transport or SmtpTransport(engine.settings.smtp)
     wait = engine.settings.schedule.tick_seconds if interval is None else interval
+    services = list(services)
+    if engine.settings.webhooks.urls:
+        from engine.webhooks import webhooks_forever  # httpx is imported only when it is used
+
+        services.append(functools.partial(webhooks_forever, engine))
     tasks = [asyncio.create_task(_supervised(service, stop)) for service in services]
     try:
         while not stop.is_set():
-            result = await tick(engine, transport, stop)
+            result = await tick(engine, transport, stop, webhooks=False)
             if on_tick:
                 on_tick(result)
             with contextlib.suppress(TimeoutError):
@@ -164,6 +184,18 @@ async def run(
 
 
 Service = Callable[[asyncio.Event], Awaitable[None]]
+
+
+def standard_services(engine: Engine) -> list[Service]:
+    """What `run` serves besides the scheduler: the tracking app, and the IMAP poller when a
+    mailbox is configured ([imap] username)."""
+    from engine.replies import poll_forever
+    from engine.tracking import serve_tracking
+
+    services: list[Service] = [functools.partial(serve_tracking, engine)]
+    if engine.settings.imap.username:
+        services.append(functools.partial(poll_forever, engine))
+    return services
 
 
 async def _supervised(service: Service, stop: asyncio.Event) -> None:

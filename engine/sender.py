@@ -54,18 +54,6 @@ from engine.windows import SendWindow, next_open
 log = logging.getLogger("engine.sender")
 T = TypeVar("T")
 
-CONTACT_FIELDS = (
-    "email",
-    "first_name",
-    "last_name",
-    "company",
-    "locale",
-    "timezone",
-    "kind",
-    "nps_score",
-    "referral_code",
-)
-
 
 @dataclass
 class SendStats:
@@ -175,16 +163,6 @@ _START_NEXT_WAIT = (
 )
 # Claimed rows are loaded this many at a time (bound parameters per IN list stay modest).
 LOAD_CHUNK = 500
-
-
-def contact_context(contact: Contact) -> dict[str, Any]:
-    """What templates see as ``contact``: custom fields, then the standard ones; absent = absent."""
-    ctx: dict[str, Any] = {k: v for k, v in (contact.fields or {}).items() if v not in (None, "")}
-    for name in CONTACT_FIELDS:
-        value = getattr(contact, name)
-        if value not in (None, ""):
-            ctx[name] = value
-    return ctx
 
 
 def active_pause(session: Session, now: datetime) -> Alert | None:
@@ -495,7 +473,7 @@ class Sender:
             self._defer(c, opens, stats)
             return None
         context: dict[str, Any] = {
-            "contact": contact_context(contact),
+            "contact": contact.template_context(),
             "sequence": seq.id,
             "step": step.id,
             "referral": _referral_context(trigger),

@@ -110,6 +110,9 @@ class Trigger:
     event: str  # canonical, one of EVENT_TYPES
     nps: frozenset[str] | None = None  # the contact's NPS class at that moment; None: any
     where: WhereRule = ()  # equality / membership on the event's data
+    # Older events start nothing (a historic score arriving with an import is not an answer
+    # to act on today); None: any age.
+    max_age: timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,22 @@ class BranchStep:
     line: int
 
 
-Step: TypeAlias = SendStep | WaitStep | BranchStep
+NOTIFY_ROLES = ("owner", "sales", "account_manager")
+
+
+@dataclass(frozen=True)
+class NotifyStep:
+    """Tell a person on the team (engine.notify): a plain-text email to the address the role
+    has in settings [notify], and a ``notified`` event. The run goes straight on."""
+
+    id: str
+    role: str  # one of NOTIFY_ROLES
+    subject: str  # Jinja text
+    body: str  # Jinja text; "": the standard summary of the contact and their NPS answer
+    line: int
+
+
+Step: TypeAlias = SendStep | WaitStep | BranchStep | NotifyStep
 
 
 class TemplateRef(NamedTuple):
@@ -464,6 +482,11 @@ def _build_schema() -> dict[str, Any]:
                         **ref("where"),
                         "description": "Conditions on the event's data: {channel: link}.",
                     },
+                    "max_age": {
+                        **ref("duration"),
+                        "description": "Only events at most this old when the engine sees them"
+                        " (an imported score from last year starts nothing): 7d.",
+                    },
                 },
             },
             "sendWindow": {
@@ -489,18 +512,49 @@ def _build_schema() -> dict[str, Any]:
             "step": {
                 "type": "object",
                 "additionalProperties": False,
-                "description": "Exactly one of send, wait or branch.",
-                "oneOf": [{"required": ["send"]}, {"required": ["wait"]}, {"required": ["branch"]}],
-                "dependentRequired": {"send": ["id"], "branch": ["id"]},
+                "description": "Exactly one of send, wait, branch or notify.",
+                "oneOf": [
+                    {"required": ["send"]},
+                    {"required": ["wait"]},
+                    {"required": ["branch"]},
+                    {"required": ["notify"]},
+                ],
+                "dependentRequired": {"send": ["id"], "branch": ["id"], "notify": ["id"]},
                 "properties": {
                     "id": {
                         **ref("id"),
-                        "description": "Step id, required for send and branch steps; a wait"
-                        " step is wait-<n> unless named.",
+                        "description": "Step id, required for send, branch and notify steps;"
+                        " a wait step is wait-<n> unless named.",
                     },
                     "send": ref("send"),
                     "wait": {**ref("duration"), "description": "Wait this long: 3d, 12h, 1d12h."},
                     "branch": ref("branch"),
+                    "notify": ref("notify"),
+                },
+            },
+            "notify": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["role", "subject"],
+                "description": "Tell a person on the team: a plain-text email to the address"
+                " the role has in settings [notify] (none set: only the notified event).",
+                "properties": {
+                    "role": {
+                        "enum": list(NOTIFY_ROLES),
+                        "description": "Who: owner, sales or account_manager.",
+                    },
+                    "subject": {
+                        "type": "string",
+                        "minLength": 1,
+                        "description": "Subject (Jinja2): contact, nps, event, sequence, step.",
+                    },
+                    "body": {
+                        "type": "string",
+                        "minLength": 1,
+                        "description": "Text (Jinja2): contact, nps (score, improve, other: what"
+                        " they wrote on the survey page), event (the trigger's data), sequence,"
+                        " step. Default: a summary of the contact and their NPS answer.",
+                    },
                 },
             },
             "send": {
@@ -587,7 +641,8 @@ _WINDOW_KEYS = _keys("sendWindow")
 _STEP_KEYS = _keys("step")
 _SEND_KEYS = _keys("send")
 _BRANCH_KEYS = _keys("branch")
-_ACTIONS = ("send", "wait", "branch")
+_NOTIFY_KEYS = _keys("notify")
+_ACTIONS = ("send", "wait", "branch", "notify")
 
 
 # --- the loader --------------------------------------------------------------------------------
@@ -978,6 +1033,9 @@ class _FileParser:
             event=self.event(found["event"], "trigger.event"),
             nps=self.nps(found["nps"], "trigger.nps") if "nps" in found else None,
             where=self.where(found["where"], "trigger.where") if "where" in found else (),
+            max_age=(
+                self.duration(found["max_age"], "trigger.max_age") if "max_age" in found else None
+            ),
         )
 
     def send_window(self, node: yaml.Node) -> SendWindow | None:
@@ -1038,11 +1096,33 @@ class _FileParser:
                 if send is not None:
                     steps.append(send)
                     sends[send.id] = send
+            elif draft.action == "notify":
+                notify = self.notify_step(draft)
+                if notify is not None:
+                    steps.append(notify)
             else:
                 branch = self.branch_step(draft, earlier_sends, ids)
                 if branch is not None:
                     steps.append(branch)
         return tuple(steps)
+
+    def notify_step(self, draft: _Draft) -> NotifyStep | None:
+        assert draft.body is not None
+        what = f"{draft.label}: notify"
+        found = self.fields(draft.body, what, _NOTIFY_KEYS, required=("role", "subject"))
+        if found is None:
+            return None
+        mark = self.mark()
+        role = subject = body = ""
+        if "role" in found:
+            role = self.choice(found["role"], f"{what}.role", NOTIFY_ROLES)
+        if "subject" in found:
+            subject = self.text(found["subject"], f"{what}.subject")
+        if "body" in found:
+            body = self.text(found["body"], f"{what}.body")
+        if not self.clean_since(mark) or not role or not subject:
+            return None
+        return NotifyStep(draft.id, role, subject, body, draft.node.start_mark.line + 1)
 
     def draft_steps(self, items: list[yaml.Node]) -> list[_Draft]:
         """First pass: each step's id and action, so steps can refer to later ones."""
@@ -1057,7 +1137,7 @@ class _FileParser:
                 continue
             actions = [key for key in _ACTIONS if key in found]
             if not actions:
-                self.error(item, f"{draft.label}: needs one of send, wait or branch")
+                self.error(item, f"{draft.label}: needs one of send, wait, branch or notify")
             elif len(actions) > 1:
                 self.error(
                     found.key_nodes[actions[1]],

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
 from engine.errors import SettingsError
 from engine.windows import parse_days, parse_hours, parse_zone
@@ -44,11 +46,30 @@ class SmtpSettings:
 
 @dataclass(frozen=True)
 class ImapSettings:
+    """The reply mailbox: replies, auto-replies and bounces (engine.replies)."""
+
     host: str = "127.0.0.1"
     port: int = 1143
-    username: str = ""
+    username: str = ""  # empty: no mailbox is read
     password: str = ""
     mailbox: str = "INBOX"
+    security: str = "none"  # none | starttls | tls
+    ca_file: str = ""  # PEM file of a private CA to trust (empty: the system's CAs)
+    timeout: float = 30.0  # seconds one IMAP command may take before the connection is dropped
+    idle: bool = True  # wait with IMAP IDLE when the server offers it, else poll
+    poll_seconds: float = 60.0  # between two looks at the mailbox without IDLE
+    idle_timeout_seconds: float = 300.0  # an IDLE is renewed, and the connection proven, this often
+    reconnect_max_seconds: float = 300.0  # longest wait between reconnection attempts
+    processed: str = "flag"  # flag | move | none: what happens to a message acted on
+    processed_flag: str = "$ReferralEngine"  # a keyword, or \Seen \Flagged \Answered
+    processed_folder: str = "Processed"  # where processed = "move" puts them (created if missing)
+    failed_flag: str = "$ReferralEngineFailed"  # set on messages that cannot be read
+    batch_size: int = 100  # messages per FETCH
+    body_bytes: int = 65536  # bytes read of a body (of each text part in a larger email)
+    auto_reply_wait_days: int = 3  # next email this many days after an auto-reply's return date
+    auto_reply_pause_days: int = 7  # pause after an auto-reply without a readable return date
+    soft_bounce_limit: int = 3  # soft bounces (on different emails) before suppressing
+    phrases: str = ""  # phrases file; empty: the shipped engine/replies/phrases.toml
 
 
 @dataclass(frozen=True)
@@ -57,6 +78,17 @@ class TrackingSettings:
     listen: str = "127.0.0.1:8080"
     secret: str = "change-me"
     old_secrets: tuple[str, ...] = ()  # still accepted for links in older emails
+    api_token: str = ""  # bearer token for POST /api/events; empty: the events API is off
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        """``listen`` as (host, port): ``"127.0.0.1:8080"`` -> ``("127.0.0.1", 8080)``,
+        ``"[::1]:8080"`` -> ``("::1", 8080)``; ValueError when it is not HOST:PORT."""
+        host, sep, port = self.listen.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not (sep and host and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"{self.listen!r} is not HOST:PORT (port 1-65535)")
+        return host, int(port)
 
 
 @dataclass(frozen=True)
@@ -87,12 +119,50 @@ class ScheduleSettings:
 
 
 @dataclass(frozen=True)
+class ProgramSettings:
+    """Rules across every sequence of the referral program."""
+
+    max_asks_per_year: int = 4  # runs that ask a contact for a referral, per 12 months
+    # Days between two asks, doubled for each of the contact's latest asks they ignored
+    # (no human click, no reply): persistent, never excessive.
+    ask_spacing_days: float = 30.0
+    # The thank-you gift per converted referral, for each side: credit | code | none.
+    referrer_reward: str = "credit"
+    referrer_credit: float = 20.0
+    referrer_codes: str = ""  # code: a file with one unused code per line
+    friend_reward: str = "credit"
+    friend_credit: float = 20.0
+    friend_codes: str = ""
+    currency: str = "USD"
+
+
+@dataclass(frozen=True)
 class NotifySettings:
     """Who on the team is told what (empty: the event is still recorded, no email is sent)."""
 
     owner: str = ""  # replies, detractors' answers
     sales: str = ""  # promoters, to follow up within 24 h
     account_manager: str = ""  # passives and what they wrote
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """Where events are POSTed as HMAC-signed JSON (engine.webhooks); no urls: webhooks off."""
+
+    urls: tuple[str, ...] = ()  # http(s) endpoints; each gets every subscribed event
+    secret: str = ""  # HMAC-SHA256 key of X-Engine-Signature; required with urls
+    events: tuple[str, ...] = (
+        "referral.created",
+        "referral.converted",
+        "replied",
+        "nps.answered",
+        "unsubscribed",
+        "bounced",
+    )
+    timeout_seconds: float = 10.0  # one attempt, connecting to reading the status, all in
+    max_attempts: int = 10  # then the delivery is failed (`webhooks replay` sends it again)
+    retry_base_seconds: float = 30.0  # first retry; doubles per attempt, with jitter
+    retry_max_seconds: float = 6 * 3600.0  # longest wait between two attempts
 
 
 @dataclass(frozen=True)
@@ -105,6 +175,8 @@ class Settings:
     paths: PathSettings = field(default_factory=PathSettings)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    program: ProgramSettings = field(default_factory=ProgramSettings)
     base_dir: Path = Path(".")
 
     def path(self, relative: str) -> Path:
@@ -197,7 +269,108 @@ def _build_section(name: str, cls: type, raw: Mapping[str, Any], env: Mapping[st
     return cls(**values)
 
 
+# An IMAP keyword (an atom), or one of the system flags it makes sense to set on a read email.
+_IMAP_FLAG = re.compile(r"[A-Za-z0-9$_.\-]{1,64}|\\(?:Seen|Flagged|Answered)")
+# Printable ASCII mailbox names, without the quoting and wildcard characters.
+_MAILBOX_NAME = re.compile(r"[ !#-$&-)+-\[\]-~]+")
+
+
+def _validate_imap(s: Settings) -> None:
+    imap = s.imap
+    if imap.security not in {"none", "starttls", "tls"}:
+        raise SettingsError("imap.security", "must be none, starttls or tls")
+    if not 0 < imap.port < 65536:
+        raise SettingsError("imap.port", "must be between 1 and 65535")
+    if imap.processed not in {"flag", "move", "none"}:
+        raise SettingsError("imap.processed", "must be flag, move or none")
+    for key, number in (
+        ("imap.timeout", imap.timeout),
+        ("imap.poll_seconds", imap.poll_seconds),
+        ("imap.idle_timeout_seconds", imap.idle_timeout_seconds),
+        ("imap.reconnect_max_seconds", imap.reconnect_max_seconds),
+        ("imap.soft_bounce_limit", imap.soft_bounce_limit),
+    ):
+        if number <= 0:
+            raise SettingsError(key, "must be greater than 0")
+    if not 1 <= imap.batch_size <= 1000:
+        raise SettingsError("imap.batch_size", "must be between 1 and 1000")
+    if imap.body_bytes < 1024:
+        raise SettingsError("imap.body_bytes", "must be at least 1024")
+    for key, days in (
+        ("imap.auto_reply_wait_days", imap.auto_reply_wait_days),
+        ("imap.auto_reply_pause_days", imap.auto_reply_pause_days),
+    ):
+        if not 0 <= days <= 366:
+            raise SettingsError(key, "must be between 0 and 366")
+    for key, flag in (
+        ("imap.processed_flag", imap.processed_flag),
+        ("imap.failed_flag", imap.failed_flag),
+    ):
+        if not _IMAP_FLAG.fullmatch(flag):
+            raise SettingsError(key, "must be a keyword (A-Z a-z 0-9 $ _ . -), \\Seen or \\Flagged")
+    for key, name in (
+        ("imap.mailbox", imap.mailbox),
+        ("imap.processed_folder", imap.processed_folder),
+    ):
+        if not _MAILBOX_NAME.fullmatch(name):
+            raise SettingsError(key, 'must be a non-empty ASCII mailbox name without " \\ * %')
+    for key, path in (("imap.phrases", imap.phrases), ("imap.ca_file", imap.ca_file)):
+        if path and not s.path(path).is_file():
+            raise SettingsError(key, f"no such file: {s.path(path)}")
+
+
+# An event type as the engine names them: "replied", "referral.created", "form.submitted".
+_EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*")
+
+
+def _validate_webhooks(s: Settings) -> None:
+    hooks = s.webhooks
+    for url in hooks.urls:
+        try:
+            parts = urlsplit(url)
+            _ = parts.port  # parsing it is the check
+        except ValueError as exc:
+            raise SettingsError("webhooks.urls", f"{url!r}: {exc}") from None
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise SettingsError("webhooks.urls", f"{url!r} is not an http:// or https:// URL")
+        if parts.username is not None or parts.fragment or len(url) > 2000:
+            # Credentials in a URL would show in `webhooks list` and in logs; the signature
+            # is how a receiver knows the engine.
+            raise SettingsError(
+                "webhooks.urls",
+                f"{url!r}: no user:password@, no #fragment, 2000 characters at most",
+            )
+        if any(not c.isprintable() or c.isspace() for c in url):
+            raise SettingsError("webhooks.urls", f"{url!r} contains spaces or control characters")
+    if len(set(hooks.urls)) != len(hooks.urls):
+        raise SettingsError("webhooks.urls", "lists the same URL twice")
+    if hooks.urls and (
+        hooks.secret in PLACEHOLDER_SECRETS or len(hooks.secret) < MIN_SECRET_LENGTH
+    ):
+        raise SettingsError(
+            "webhooks.secret",
+            f"needs a private random value of at least {MIN_SECRET_LENGTH} characters when "
+            "webhooks.urls is set (receivers check signatures with it); set "
+            "ENGINE_WEBHOOKS_SECRET, e.g. to the output of "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+        )
+    for name in hooks.events:
+        if len(name) > 40 or not _EVENT_TYPE.fullmatch(name):
+            raise SettingsError("webhooks.events", f"{name!r} is not an event type")
+    for key, number in (
+        ("webhooks.timeout_seconds", hooks.timeout_seconds),
+        ("webhooks.max_attempts", hooks.max_attempts),
+        ("webhooks.retry_base_seconds", hooks.retry_base_seconds),
+    ):
+        if number <= 0:
+            raise SettingsError(key, "must be greater than 0")
+    if hooks.retry_max_seconds < hooks.retry_base_seconds:
+        raise SettingsError("webhooks.retry_max_seconds", "must be at least retry_base_seconds")
+
+
 def _validate(s: Settings) -> None:
+    _validate_imap(s)
+    _validate_webhooks(s)
     if s.smtp.security not in {"none", "starttls", "tls"}:
         raise SettingsError("smtp.security", "must be none, starttls or tls")
     if not 0 < s.smtp.port < 65536:
@@ -218,10 +391,38 @@ def _validate(s: Settings) -> None:
         raise SettingsError("tracking.secret", "must not be empty")
     if not s.tracking.base_url.startswith(("http://", "https://")):
         raise SettingsError("tracking.base_url", "must start with http:// or https://")
+    try:
+        _ = s.tracking.listen_address  # parsing it is the check
+    except ValueError as exc:
+        raise SettingsError("tracking.listen", str(exc)) from None
+    token = s.tracking.api_token
+    if token and (
+        len(token) < MIN_SECRET_LENGTH
+        or not (token.isascii() and token.isprintable())
+        or any(c.isspace() for c in token)
+    ):
+        raise SettingsError(
+            "tracking.api_token",
+            f"must be empty (events API off) or at least {MIN_SECRET_LENGTH} printable ASCII "
+            "characters without spaces; set ENGINE_TRACKING_API_TOKEN",
+        )
     if "@" not in s.sender.from_email:
         raise SettingsError("sender.from_email", "must be an email address")
     if not s.sender.postal_address.strip():
         raise SettingsError("sender.postal_address", "required: every email's footer shows it")
+    if s.program.max_asks_per_year < 0:
+        raise SettingsError("program.max_asks_per_year", "must not be negative")
+    if s.program.ask_spacing_days < 0:
+        raise SettingsError("program.ask_spacing_days", "must not be negative")
+    for side in ("referrer", "friend"):
+        kind = getattr(s.program, f"{side}_reward")
+        if kind not in {"credit", "code", "none"}:
+            raise SettingsError(f"program.{side}_reward", "must be credit, code or none")
+        if kind == "credit" and getattr(s.program, f"{side}_credit") <= 0:
+            raise SettingsError(f"program.{side}_credit", "must be greater than 0")
+        codes = getattr(s.program, f"{side}_codes")
+        if kind == "code" and not (codes and s.path(codes).is_file()):
+            raise SettingsError(f"program.{side}_codes", "must name a file of codes, one per line")
     for role in ("owner", "sales", "account_manager"):
         address = getattr(s.notify, role)
         if address and ("@" not in address or any(c.isspace() for c in address)):

@@ -27,7 +27,7 @@ def program(make_project: Callable[..., Project]) -> Project:
 def test_validate_accepts_the_shipped_program(project: Project) -> None:
     code, out = project.cli("validate")
     assert code == 0, out
-    assert "ok: 5 sequences" in out
+    assert "ok: 8 sequences" in out
 
 
 def test_validate_reports_file_line_col_and_keeps_the_rest(program: Project) -> None:
@@ -103,19 +103,39 @@ def test_explain_lists_every_sequence(program: Project) -> None:
 
 
 @pytest.mark.slow
-def test_run_sends_and_stops_cleanly_on_sigterm(program: Project) -> None:
+def test_run_sends_serves_the_tracking_app_and_stops_cleanly_on_sigterm(program: Project) -> None:
+    import socket
+    import time
+
+    import httpx
+
     contacts(program, ANA)
     cmd, env = engine_command(program, "run", "--interval", "0.2")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env["ENGINE_TRACKING_LISTEN"] = f"127.0.0.1:{port}"
     proc = subprocess.Popen(
         cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
         program.sink.wait_for(1, timeout=30)
+        deadline = time.monotonic() + 15
+        while True:  # the app starts next to the scheduler
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        assert health.status_code == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert len(program.sink.messages) == 1
+    assert f"tracking app on 127.0.0.1:{port}" in out and "IMAP poller off" in out, out
 
 
 def test_hostile_or_broken_input_gets_a_message_not_a_traceback(

@@ -553,3 +553,26 @@ def test_a_triggered_route_ends_when_a_newer_answer_leaves_its_class(
     assert len(program.sink.messages) == 1
     _, out = program.cli("explain", "--contact", "pete@example.com")
     assert "detractor" in out, out
+
+
+def test_a_soft_bounce_keeps_the_sequence_going(program: Project) -> None:
+    from engine.planner import record_event
+
+    contacts(program, ANA)
+    program.cli("tick")
+    engine = program.engine()
+    with engine.db.write() as session:
+        message = session.scalars(select(Message)).one()
+        data = {"hard": False, "status": "4.2.2", "source": "dsn"}
+        record_event(
+            session,
+            "bounced",
+            program.clock.now(),
+            contact_id=message.contact_id,
+            message=message,
+            data=data,
+        )
+    engine.close()
+    program.clock.advance(timedelta(days=3))
+    program.cli("tick")
+    assert len(program.sink.messages) == 2  # the reminder still went: a full mailbox empties

@@ -714,10 +714,14 @@ def test_every_shipped_template_renders(shipped: Renderer, path: Path, minimal: 
         # What sender.py gives: a referral only for sequences started by a referral event.
         trigger = sequence.trigger if sequence is not None else None
         by_referral = trigger is not None and trigger.event.startswith("referral.")
+        # An NPS answer started it: the contact has a score.
+        answered = (
+            {"nps_score": 9} if trigger is not None and trigger.event == "nps.answered" else {}
+        )
         subject = step.subject_for(locale) if step is not None else ""
         if minimal:
             ctx: dict[str, Any] = {
-                "contact": {"email": "ana@example.com", "referral_code": "ANA42"},
+                "contact": {"email": "ana@example.com", "referral_code": "ANA42", **answered},
                 "referral": {"friend_name": "Mia"} if by_referral else None,
                 "reward": None,
             }

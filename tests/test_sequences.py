@@ -531,7 +531,7 @@ ERROR_CASES = {
         GOOD.replace("    send: {template: thanks.mjml, subject: Thank you}\n", ""),
         5,
         5,
-        "step 1: needs one of send, wait or branch",
+        "step 1: needs one of send, wait, branch or notify",
     ),
     "step with two actions": (GOOD + "    wait: 3d\n", 7, 5, "has both send and wait"),
     "send step without id": (

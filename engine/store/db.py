@@ -11,7 +11,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Select, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -137,3 +138,20 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def insert_ignore(session: Session, db: Database, model: Any, rows: list[dict[str, Any]]) -> int:
+    """INSERT rows whose unique key is not taken yet (idempotent writes); returns how many."""
+    if not rows:
+        return 0
+    dialect = postgresql if db.is_postgres else sqlite
+    table = model.__table__
+    # Core, one statement for the batch; RETURNING, not rowcount, because drivers disagree
+    # on rowcount for ON CONFLICT DO NOTHING.
+    stmt = dialect.insert(table).on_conflict_do_nothing().returning(table.c.id)
+    return len(session.execute(stmt, rows).all())
+
+
+def lock_rows(db: Database, stmt: Select[Any]) -> Select[Any]:
+    """Let concurrent PostgreSQL workers take disjoint rows; SQLite has one writer anyway."""
+    return stmt.with_for_update(skip_locked=True) if db.is_postgres else stmt

@@ -62,6 +62,20 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+# The columns templates see as ``contact.<name>`` (besides the custom fields).
+TEMPLATE_FIELDS = (
+    "email",
+    "first_name",
+    "last_name",
+    "company",
+    "locale",
+    "timezone",
+    "kind",
+    "nps_score",
+    "referral_code",
+)
+
+
 class Contact(Base):
     __tablename__ = "contacts"
 
@@ -87,6 +101,16 @@ class Contact(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     # GDPR erasure: the row stays (anonymous counts keep adding up), its personal data goes.
     erased_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    def template_context(self) -> dict[str, Any]:
+        """What templates see as ``contact``: custom fields, then the standard ones; an absent
+        value is absent (StrictUndefined holds the email back), never an empty string."""
+        ctx: dict[str, Any] = {k: v for k, v in (self.fields or {}).items() if v not in (None, "")}
+        for name in TEMPLATE_FIELDS:
+            value = getattr(self, name)
+            if value not in (None, ""):
+                ctx[name] = value
+        return ctx
 
 
 class Enrollment(Base):
