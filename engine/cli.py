@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     cx.add_argument("email")
     cx.add_argument("--out", type=Path, help="write to this file instead of the screen")
 
+    pu = sub.add_parser("purchases", parents=[common], help="purchases (the program's numbers)")
+    pusub = pu.add_subparsers(dest="action", required=True, metavar="ACTION")
+    pi = pusub.add_parser(
+        "import", parents=[common], help="record purchases from a CSV file (email, amount, ...)"
+    )
+    pi.add_argument("file", type=Path)
+
     sub.add_parser("tick", parents=[common], help="one pass: enroll, plan and send what is due")
     r = sub.add_parser("run", parents=[common], help="scheduler loop until SIGTERM/SIGINT")
     r.add_argument("--interval", type=float, default=None, help="seconds between passes")
@@ -183,6 +190,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
                 return commands.export_contact(engine, args.email, args.out, console)
             case "contacts":
                 return commands.import_contacts(engine, args.file, console)
+            case "purchases":
+                return commands.import_purchases(engine, args.file, console)
             case "tick":
                 return asyncio.run(commands.tick(engine, console))
             case "run":

@@ -22,6 +22,7 @@ from engine.mime import OutgoingEmail, build_message
 from engine.privacy import PrivacyError
 from engine.privacy import erase_contact as erase_contact_data
 from engine.privacy import export_contact as export_contact_data
+from engine.purchases import import_purchases as import_purchase_rows
 from engine.referrals import add_referral, convert_referral
 from engine.rendering import NOTE_CONTEXT_NAMES
 from engine.reports import COLUMNS, build_report, to_csv, to_json
@@ -129,6 +130,24 @@ def import_contacts(engine: Engine, path: Path, console: Console) -> int:
     )
     for line in report.rejected:
         console.print(f"  {path}: {line}", highlight=False, markup=False)
+    return EXIT_INVALID if report.rejected else EXIT_OK
+
+
+def import_purchases(engine: Engine, path: Path, console: Console) -> int:
+    """Record purchases from a CSV file; rejected rows are listed with the reason."""
+    try:
+        report = import_purchase_rows(engine.db, path, engine.clock.now())
+    except ImportRowError as exc:
+        console.print(str(exc), highlight=False, markup=False)
+        return EXIT_ERROR
+    console.print(
+        f"{path}: {report.recorded} recorded ({report.referred} referred), "
+        f"{report.repeated} already recorded, {len(report.rejected)} rejected",
+        highlight=False,
+        markup=False,
+    )
+    for line in report.rejected:
+        console.print(f"  {line}", highlight=False, markup=False)
     return EXIT_INVALID if report.rejected else EXIT_OK
 
 

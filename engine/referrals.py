@@ -170,25 +170,35 @@ def convert_referral(
         )
         if referral is None:
             raise ReferralError(f"--email: nobody referred {friend}; record it with referrals add")
-        if referral.status == "converted":
+        if not convert_in_session(session, referral, now, value=value):
             return ReferralOutcome(referral.id, False, f"{friend} had already converted")
-        referral.status = "converted"
-        referral.converted_at = now
-        referral.value = value
-        record_event(
-            session,
-            "referral.converted",
-            now,
-            contact_id=referral.referrer_id,
-            data={
-                "referral_id": referral.id,
-                "friend_email": friend,
-                "friend_name": referral.friend_name,
-                "status": "converted",
-                "value": str(value) if value is not None else None,
-            },
-        )
         return ReferralOutcome(referral.id, True, f"converted: {friend}")
+
+
+def convert_in_session(
+    session: Session, referral: Referral, now: datetime, *, value: Decimal | None
+) -> bool:
+    """Convert ``referral`` in the caller's transaction and record ``referral.converted``
+    (the planner gives the gifts and starts the reward email); False if it had converted."""
+    if referral.status == "converted":
+        return False
+    referral.status = "converted"
+    referral.converted_at = referral.updated_at = now
+    referral.value = value
+    record_event(
+        session,
+        "referral.converted",
+        now,
+        contact_id=referral.referrer_id,
+        data={
+            "referral_id": referral.id,
+            "friend_email": referral.friend_email,
+            "friend_name": referral.friend_name,
+            "status": "converted",
+            "value": str(value) if value is not None else None,
+        },
+    )
+    return True
 
 
 def record_detected_referral(

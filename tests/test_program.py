@@ -463,3 +463,45 @@ def test_a_detected_introduction_is_thanked_once_a_person_confirms_it(
         if "Thank you for introducing Leo" in str(m.message["Subject"])
     ]
     assert len(thanked) == 1
+
+
+# --- purchases ---------------------------------------------------------------------------------
+
+
+def test_purchases_import_links_referred_buyers_and_converts_once(
+    make_project: Callable[..., Project],
+) -> None:
+    from engine.store.models import Purchase, Referral
+
+    program = make_project()
+    contacts(program, BEA)
+    program.cli("referrals", "add", "--referrer", "bea@example.com", "--email", "leo@example.com")
+    path = program.write(
+        "purchases.csv",
+        """
+        email,amount,occurred_at,currency,order_id
+        leo@example.com,120.50,2026-03-02T09:00:00+00:00,usd,A-1
+        leo@example.com,80,2026-03-02,USD,A-2
+        bea@example.com,40,2026-03-01,USD,A-3
+        ,10,2026-03-01,USD,A-4
+        leo@example.com,ten,2026-03-01,USD,A-5
+        leo@example.com,10,yesterday,USD,A-6
+        leo@example.com,10,2026-03-01,dollars,A-7
+        """,
+    )
+    code, out = program.cli("purchases", "import", str(path))
+    assert code == 1
+    assert "3 recorded (2 referred), 0 already recorded, 4 rejected" in out, out
+    for problem in ("row 5: email", "row 6: amount", "row 7: occurred_at", "row 8: currency"):
+        assert problem in out, out
+    _, again = program.cli("purchases", "import", str(path))
+    assert "0 recorded (0 referred), 3 already recorded" in again, again
+    engine = program.engine()
+    with engine.db.session() as s:
+        referral = s.scalars(select(Referral)).one()
+        assert (referral.status, str(referral.value)) == ("converted", "120.50")  # the first
+        linked = s.scalars(select(Purchase.external_id).where(Purchase.referral_id.is_not(None)))
+        assert sorted(linked) == ["A-1", "A-2"]
+        conversions = s.scalars(select(Event).where(Event.type == "referral.converted")).all()
+        assert len(conversions) == 1
+    engine.close()

@@ -310,8 +310,11 @@ def test_api_events_are_normalised() -> None:
     with pytest.raises(ApiError, match="not valid JSON"):
         parse_body(b'{"type": "purchase", "value": Infinity}', NOW)
     with pytest.raises(ApiError) as refused:
-        parse_body(b'{"type": "purchase", "email": "a@b.example", "order_id": ""}', NOW)
+        parse_body(b'{"type": "purchase", "email": "a@b.example", "value": 1, "order_id": ""}', NOW)
     assert refused.value.body()["field"] == "order_id"
+    with pytest.raises(ApiError) as refused:
+        parse_body(b'{"type": "purchase", "email": "a@b.example"}', NOW)  # no amount
+    assert refused.value.body()["field"] == "value"
 
 
 # -- settings -----------------------------------------------------------------------------------

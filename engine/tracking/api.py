@@ -23,15 +23,12 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import select
-
 from engine.clock import parse_instant
 from engine.contacts import record_nps_answer
 from engine.mime import check_address
-from engine.planner import record_event
+from engine.purchases import record_purchase
 from engine.referrals import ReferralError, convert_referral
 from engine.store.db import Database
-from engine.store.models import Contact, Event, Referral
 
 TYPES = ("purchase", "referral.converted", "nps.answered")
 FIELDS: dict[str, frozenset[str]] = {
@@ -84,8 +81,8 @@ def parse_body(raw: bytes, now: datetime) -> ApiEvent:
 
 
 def parse_event(payload: object, now: datetime) -> ApiEvent:
-    """Validate a decoded JSON body. ``{"type": "purchase", "email": "A@B.example"}`` ->
-    ``ApiEvent("purchase", "A@b.example", now)``."""
+    """Validate a decoded JSON body. ``{"type": "purchase", "email": "A@B.example", "value": 5}``
+    -> ``ApiEvent("purchase", "A@b.example", now, Decimal("5.00"))``."""
     if not isinstance(payload, dict):
         raise ApiError("the body must be a JSON object")
     kind = payload.get("type")
@@ -101,11 +98,14 @@ def parse_event(payload: object, now: datetime) -> ApiEvent:
         email = check_address(email).lower()
     except ValueError as exc:
         raise ApiError(str(exc), "email") from None
+    value = _value(payload.get("value"))
+    if kind == "purchase" and value is None:
+        raise ApiError("required for a purchase: its amount", "value")
     return ApiEvent(
         type=kind,
         email=email,
         occurred_at=_instant(payload.get("occurred_at"), now),
-        value=_value(payload.get("value")),
+        value=value,
         currency=_currency(payload.get("currency")),
         order_id=_order_id(payload.get("order_id")),
         score=_score(payload.get("score")) if kind == "nps.answered" else None,
@@ -183,9 +183,23 @@ def apply_event(db: Database, ev: ApiEvent) -> dict[str, Any]:
         if converted is None:
             raise ApiError("nobody referred this address", "email")
         return {"ok": True, "type": ev.type, "recorded": converted}
-    recorded = _purchase(db, ev)
-    converted = bool(recorded) and _convert(db, ev) is True
-    return {"ok": True, "type": ev.type, "recorded": recorded, "referral_converted": converted}
+    assert ev.value is not None
+    with db.write() as session:
+        done = record_purchase(
+            session,
+            ev.email,
+            ev.value,
+            ev.occurred_at,
+            currency=ev.currency or "",
+            order_id=ev.order_id,
+            source="api",
+        )
+    return {
+        "ok": True,
+        "type": ev.type,
+        "recorded": done.created,
+        "referral_converted": done.converted,
+    }
 
 
 def _convert(db: Database, ev: ApiEvent) -> bool | None:
@@ -194,44 +208,3 @@ def _convert(db: Database, ev: ApiEvent) -> bool | None:
         return convert_referral(db, ev.email, ev.occurred_at, value=ev.value).created
     except ReferralError:
         return None
-
-
-def _purchase(db: Database, ev: ApiEvent) -> bool:
-    """Record a ``purchase`` event (False: this order id was already recorded)."""
-    with db.write() as session:
-        contact = session.scalar(select(Contact).where(Contact.email == ev.email))
-        contact_id = contact.id if contact is not None else None
-        if ev.order_id is not None:
-            same_buyer = (
-                Event.contact_id == contact_id
-                if contact_id is not None
-                else Event.contact_id.is_(None)
-            )
-            earlier = session.scalar(
-                select(Event.id)
-                .where(
-                    same_buyer,
-                    Event.type == "purchase",
-                    Event.data["order_id"].as_string() == ev.order_id,
-                )
-                .limit(1)
-            )
-            if earlier is not None:
-                return False
-        referred = session.scalar(
-            select(Referral.id).where(Referral.friend_email == ev.email).limit(1)
-        )
-        record_event(
-            session,
-            "purchase",
-            ev.occurred_at,
-            contact_id=contact_id,
-            data={
-                "email": ev.email,
-                "value": str(ev.value) if ev.value is not None else None,
-                "currency": ev.currency,
-                "order_id": ev.order_id,
-                "referred": referred is not None,
-            },
-        )
-        return True
