@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     ra.add_argument("--referrer", required=True, metavar="EMAIL")
     ra.add_argument("--email", required=True, metavar="FRIEND")
     ra.add_argument("--name")
+    ru = rsub.add_parser(
+        "update", parents=[common], help="follow-up: the friend was contacted, or is lost"
+    )
+    ru.add_argument("--email", required=True, metavar="FRIEND")
+    ru.add_argument("--status", required=True, choices=("contacted", "lost"))
+    ru.add_argument("--note", help="what happened, kept in the follow-up history")
     rc = rsub.add_parser("convert", parents=[common], help="the referred person became a customer")
     rc.add_argument("--email", required=True, metavar="FRIEND")
     rc.add_argument("--value", metavar="AMOUNT")
@@ -223,6 +229,8 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
                     email=args.email,
                     name=getattr(args, "name", None),
                     value=value,
+                    status=getattr(args, "status", None),
+                    note=getattr(args, "note", None),
                 )
             case "outbox":
                 return commands.retry_held(engine, args.sequence, console)

@@ -175,6 +175,48 @@ def convert_referral(
         return ReferralOutcome(referral.id, True, f"converted: {friend}")
 
 
+UPDATE_STATUSES = ("contacted", "lost")
+
+
+def update_referral(
+    db: Database, friend_email: str, status: str, now: datetime, *, note: str | None = None
+) -> ReferralOutcome:
+    """Move the friend's referral on (``contacted`` or ``lost``) and record it in the follow-up
+    history (``referral.updated``, which starts the "how it went" email to the referrer)."""
+    if status not in UPDATE_STATUSES:
+        raise ReferralError(f"--status: {status!r} is not one of {', '.join(UPDATE_STATUSES)}")
+    friend = _address(friend_email, "--email")
+    with db.write() as session:
+        referral = session.scalar(
+            select(Referral)
+            .where(Referral.friend_email == friend)
+            .order_by(Referral.created_at, Referral.id)
+            .limit(1)
+            .with_for_update()
+        )
+        if referral is None:
+            raise ReferralError(f"--email: nobody referred {friend}; record it with referrals add")
+        if referral.status == "converted":
+            raise ReferralError(f"--status: {friend} already converted; that is final")
+        if referral.status == status:
+            return ReferralOutcome(referral.id, False, f"{friend} was already {status}")
+        referral.status, referral.updated_at = status, now
+        record_event(
+            session,
+            "referral.updated",
+            now,
+            contact_id=referral.referrer_id,
+            data={
+                "referral_id": referral.id,
+                "friend_email": friend,
+                "friend_name": referral.friend_name,
+                "status": status,
+                **({"note": note} if note else {}),
+            },
+        )
+        return ReferralOutcome(referral.id, True, f"{friend}: {status}")
+
+
 def convert_in_session(
     session: Session, referral: Referral, now: datetime, *, value: Decimal | None
 ) -> bool:

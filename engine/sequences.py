@@ -46,6 +46,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         "unsubscribed",
         "complained",
         "referral.created",
+        "referral.updated",
         "referral.converted",
         "nps.answered",
         "form.submitted",

@@ -27,7 +27,7 @@ def program(make_project: Callable[..., Project]) -> Project:
 def test_validate_accepts_the_shipped_program(project: Project) -> None:
     code, out = project.cli("validate")
     assert code == 0, out
-    assert "ok: 8 sequences" in out
+    assert "ok: 9 sequences" in out
 
 
 def test_validate_reports_file_line_col_and_keeps_the_rest(program: Project) -> None:

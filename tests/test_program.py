@@ -505,3 +505,45 @@ def test_purchases_import_links_referred_buyers_and_converts_once(
         conversions = s.scalars(select(Event).where(Event.type == "referral.converted")).all()
         assert len(conversions) == 1
     engine.close()
+
+
+def test_the_referrer_hears_how_it_went_at_each_step(make_project: Callable[..., Project]) -> None:
+    program = make_project()
+    contacts(program, BEA)
+    referrals = ("referrals", "update", "--email", "leo@example.com", "--status")
+    program.cli(
+        "referrals",
+        "add",
+        "--referrer",
+        "bea@example.com",
+        "--email",
+        "leo@example.com",
+        "--name",
+        "Leo",
+    )
+    _, out = program.cli(*referrals, "contacted", "--note", "called, demo on Friday")
+    assert "leo@example.com: contacted" in out
+    _, again = program.cli(*referrals, "contacted")
+    assert "already contacted" in again
+    program.cli("tick")
+    program.clock.advance(timedelta(days=9))
+    program.cli(*referrals, "lost", "--note", "went with an in-house team")
+    program.cli("tick")
+    updates = [m.message for m in program.sink.messages if "update on Leo" in m.message["Subject"]]
+    texts = [m.get_body(("plain",)).get_content() for m in updates]
+    assert (
+        len(texts) == 2 and "we have been in touch" in texts[0] and "not the right fit" in texts[1]
+    )
+    code, out = program.cli("referrals", "convert", "--email", "leo@example.com")
+    assert code == 0  # lost is not final: they may still buy later
+    code, out = program.cli(*referrals, "lost")
+    assert code == 2 and "already converted" in out
+    # the follow-up history, in order
+    _, exported = program.cli("contacts", "export", "bea@example.com")
+    history = [line for line in exported.splitlines() if '"type": "referral.' in line]
+    assert [h.split('"')[3] for h in history] == [
+        "referral.created",
+        "referral.updated",
+        "referral.updated",
+        "referral.converted",
+    ]
