@@ -47,7 +47,7 @@ from engine.rendering import Renderer
 from engine.sequences import SendStep, Sequence
 from engine.settings import Settings
 from engine.store.db import Database, transaction
-from engine.store.models import Alert, Contact, Enrollment, Event, Message, Suppression
+from engine.store.models import Alert, Contact, Enrollment, Event, Message, Referral, Suppression
 from engine.transport import Transport
 from engine.windows import SendWindow, next_open
 
@@ -82,6 +82,7 @@ class _Loaded:
     contact: Contact
     trigger: Event | None
     parent_subject: str | None
+    advocate: bool = False  # see advocates()
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,12 +444,14 @@ class Sender:
                     parents.where(Message.message_id.in_(keys))
                 ):
                     subjects[message_id] = subject
+            known = advocates(session, [contact.id for _, contact, _ in found])
         return {
             m.id: _Loaded(
                 m,
                 contact,
                 triggers.get(trigger_id) if trigger_id is not None else None,
                 subjects.get(m.in_reply_to) if m.in_reply_to else None,
+                contact.id in known,
             )
             for m, contact, trigger_id in found
         }
@@ -473,7 +476,7 @@ class Sender:
             self._defer(c, opens, stats)
             return None
         context: dict[str, Any] = {
-            "contact": contact.template_context(),
+            "contact": contact.template_context() | ({"advocate": True} if loaded.advocate else {}),
             "sequence": seq.id,
             "step": step.id,
             "referral": _referral_context(trigger),
@@ -685,6 +688,33 @@ def _chunks(values: list[T]) -> Iterator[list[T]]:
     """``values`` in slices of LOAD_CHUNK: IN lists with a bounded number of parameters."""
     for start in range(0, len(values), LOAD_CHUNK):
         yield values[start : start + LOAD_CHUNK]
+
+
+def advocates(session: Session, contact_ids: list[int]) -> set[int]:
+    """Which of these contacts are advocates (a promoter who already introduced someone, or
+    who scored 10 twice): templates see ``contact.advocate`` and can be more personal."""
+    found: set[int] = set()
+    for ids in _chunks(sorted(set(contact_ids))):
+        found.update(
+            session.scalars(
+                select(Referral.referrer_id).where(
+                    Referral.referrer_id.in_(ids), Referral.flag.is_(None)
+                )
+            )
+        )
+        found.update(
+            session.scalars(
+                select(Event.contact_id)
+                .where(
+                    Event.contact_id.in_(ids),
+                    Event.type == "nps.answered",
+                    Event.data["score"].as_integer() == 10,
+                )
+                .group_by(Event.contact_id)
+                .having(func.count() >= 2)
+            )
+        )
+    return found
 
 
 def _referral_context(trigger: Event | None) -> dict[str, Any] | None:

@@ -547,3 +547,19 @@ def test_the_referrer_hears_how_it_went_at_each_step(make_project: Callable[...,
         "referral.updated",
         "referral.converted",
     ]
+
+
+def test_advocates_get_the_more_personal_ask(make_project: Callable[..., Project]) -> None:
+    program = make_project()
+    contacts(program, BEA, ANA)
+    answer(program, "bea@example.com", 10)  # Bea scored 10 twice (import said 9: then 10, 10)
+    answer(program, "bea@example.com", 10)
+    program.clock.advance(timedelta(days=3))  # referral-ask waits two days after an answer
+    program.cli("tick")
+    asks = {
+        m.rcpt_tos[0]: m.message.get_body(("plain",)).get_content()
+        for m in program.sink.messages
+        if "who are one or two people" in str(m.message["Subject"])
+    }
+    assert "You have already introduced people to us" in asks["bea@example.com"]
+    assert "You told us you would recommend us." in asks["ana@example.com"]
