@@ -92,6 +92,28 @@ def suppress(session: Session, email: str, reason: str, at: datetime) -> None:
     )
 
 
+@dataclass
+class Ask:
+    """One run that asked a contact for a referral: its last ask and its emails."""
+
+    last: datetime
+    message_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class AskHistory:
+    """Referral asks by contact and run, and the ask emails a person clicked or answered."""
+
+    runs: dict[int, dict[int, Ask]] = field(default_factory=dict)
+    engaged: set[int] = field(default_factory=set)
+
+    def add(self, contact_id: int, run: int, at: datetime, message_id: int | None = None) -> None:
+        ask = self.runs.setdefault(contact_id, {}).setdefault(run, Ask(at))
+        ask.last = max(ask.last, at)
+        if message_id is not None:
+            ask.message_ids.append(message_id)
+
+
 class Planner:
     """Turns sequences, contacts and events into enrollments and outbox rows."""
 
@@ -123,6 +145,7 @@ class Planner:
             for step in seq.steps
             if isinstance(step, SendStep) and step.referral_ask
         }
+        self.asking_sequences = {seq_id for seq_id, _ in self.ask_steps}
         # Event types the planner reacts to; the rest (most opens and clicks) are only marked
         # handled, without a query, since branches read events directly.
         self.reactive_types = (
@@ -436,6 +459,8 @@ class Planner:
             )
         )
         sent = self._sent_messages(session, [e.id for e in due])
+        asking = {e.contact_id for e in due if e.sequence_id in self.asking_sequences}
+        asks = self.ask_history(session, asking, now)
         planned: list[dict[str, Any]] = []
         for enrollment in due:
             seq = self.sequences.get(enrollment.sequence_id)
@@ -453,6 +478,7 @@ class Planner:
                 stats,
                 planned,
                 suppressed,
+                asks,
             )
         stats.planned += insert_ignore(session, self.db, Message, planned)
 
@@ -473,6 +499,7 @@ class Planner:
         stats: PlanStats,
         planned: list[dict[str, Any]],
         suppressed: set[str],
+        asks: AskHistory,
     ) -> None:
         assert enrollment.next_at is not None
         base = enrollment.next_at  # when the previous step finished: waits count from here
@@ -504,12 +531,15 @@ class Planner:
                 # Eligibility is checked again before every email, not only on entry.
                 reason = self.lapsed(session, seq, contact, now, contact.email in suppressed)
                 if reason is None and step.referral_ask:
-                    reason = self.ask_fatigue(session, enrollment, now)
+                    reason = self.ask_fatigue(asks, enrollment, now)
                 if reason is not None:
                     self.end_enrollment(session, enrollment, "stopped", reason, now)
                     stats.stopped += 1
                     return
-                planned.append(self._plan_send(seq, step, enrollment, contact, messages, base))
+                row = self._plan_send(seq, step, enrollment, contact, messages, base)
+                if step.referral_ask:  # the next run in this batch sees this ask
+                    asks.add(contact.id, enrollment.id, row["due_at"])
+                planned.append(row)
                 self._stand(seq, enrollment, pos + 1, None)
                 return
         enrollment.status, enrollment.reason = "held", "branches loop without a wait or send"
@@ -519,52 +549,65 @@ class Planner:
         """Save where the run stands: the next step's index and id (see Sequence.resume_at)."""
         enrollment.position, enrollment.step, enrollment.next_at = pos, seq.mark_of(pos), next_at
 
-    def ask_fatigue(self, session: Session, enrollment: Enrollment, now: datetime) -> str | None:
-        """Why the contact must not be asked for a referral again yet (program rules across
-        every sequence), else None. An ask is a run that sent (or queued) a referral-ask
-        email; its own reminders are part of it."""
-        rules = self.settings.program
-        if not self.ask_steps:
-            return None
+    def ask_history(self, session: Session, contact_ids: set[int], now: datetime) -> AskHistory:
+        """The last 12 months of referral asks of these contacts: two queries for a batch."""
+        history = AskHistory()
+        if not self.ask_steps or not contact_ids:
+            return history
         when = func.coalesce(Message.sent_at, Message.due_at)
         rows = session.execute(
             select(
-                Message.id, Message.enrollment_id, Message.sequence_id, Message.step_id, when
+                Message.id,
+                Message.contact_id,
+                Message.enrollment_id,
+                Message.sequence_id,
+                Message.step_id,
+                when,
             ).where(
-                Message.contact_id == enrollment.contact_id,
-                Message.enrollment_id != enrollment.id,
+                Message.contact_id.in_(contact_ids),
                 Message.status.in_(("queued", "sending", "sent")),
                 when > now - YEAR,
             )
         ).all()
-        runs: dict[int, tuple[datetime, list[int]]] = {}
-        for message_id, run, seq_id, step_id, at in rows:
-            if (seq_id, step_id) in self.ask_steps:
-                last, ids = runs.get(run, (at, []))
-                runs[run] = (max(last, at), [*ids, message_id])
+        asks = [r for r in rows if (r[3], r[4]) in self.ask_steps]
+        for message_id, contact_id, run, _, _, at in asks:
+            history.add(contact_id, run, at, message_id)
+        if asks:
+            history.engaged.update(
+                session.scalars(
+                    select(Event.message_id).where(
+                        Event.message_id.in_([r[0] for r in asks]),
+                        Event.type.in_(("clicked", "replied")),
+                        Event.machine.is_(False),
+                    )
+                )
+            )
+        return history
+
+    def ask_fatigue(self, history: AskHistory, enrollment: Enrollment, now: datetime) -> str | None:
+        """Why the contact must not be asked for a referral again yet (program rules across
+        every sequence), else None. An ask is a run that sent (or queued) a referral-ask
+        email; its own reminders are part of it."""
+        rules = self.settings.program
+        runs = {
+            run: ask
+            for run, ask in history.runs.get(enrollment.contact_id, {}).items()
+            if run != enrollment.id
+        }
         if not runs:
             return None
         if len(runs) >= rules.max_asks_per_year:
             return f"asked {len(runs)} times in 12 months (program.max_asks_per_year)"
-        latest = sorted(runs.values(), key=lambda run: run[0], reverse=True)
-        engaged = set(
-            session.scalars(
-                select(Event.message_id).where(
-                    Event.message_id.in_([i for _, ids in latest for i in ids]),
-                    Event.type.in_(("clicked", "replied")),
-                    Event.machine.is_(False),
-                )
-            )
-        )
+        latest = sorted(runs.values(), key=lambda ask: ask.last, reverse=True)
         ignored = 0
-        for _, ids in latest:
-            if engaged.intersection(ids):
+        for ask in latest:
+            if history.engaged.intersection(ask.message_ids):
                 break
             ignored += 1
         spacing = timedelta(days=rules.ask_spacing_days * 2**ignored)
-        if now - latest[0][0] < spacing:
+        if now - latest[0].last < spacing:
             return (
-                f"asked {latest[0][0]:%Y-%m-%d}; the next ask waits {spacing.days} days"
+                f"asked {latest[0].last:%Y-%m-%d}; the next ask waits {spacing.days} days"
                 f" ({ignored} ignored before, program.ask_spacing_days)"
             )
         return None
