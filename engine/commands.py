@@ -38,7 +38,7 @@ from engine.scheduler import run as run_loop
 from engine.scheduler import tick as one_tick
 from engine.sequences import NotifyStep, SendStep, load_files, load_sequences
 from engine.settings import Settings, require_real_secret
-from engine.store.models import Contact
+from engine.store.models import Contact, Referral, Reward
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 
@@ -262,6 +262,17 @@ def explain(engine: Engine, email: str, console: Console) -> int:
     for row in explain_contact(engine.planner(), email):
         table.add_row(row.sequence, row.state, row.why)
     console.print(table)
+    with engine.db.session() as session:
+        gifts = session.execute(
+            select(Reward.role, Reward.description, Reward.issued_at, Referral.friend_email)
+            .join(Referral, Referral.id == Reward.referral_id)
+            .join(Contact, Contact.id == Reward.contact_id)
+            .where(Contact.email == email.strip().lower())
+            .order_by(Reward.issued_at)
+        ).all()
+    for role, gift, at, friend in gifts:
+        why = f"for introducing {friend}" if role == "referrer" else "as a referred friend"
+        console.print(f"reward {at:%Y-%m-%d}: {gift} ({why})", highlight=False, markup=False)
     return EXIT_OK
 
 
@@ -453,8 +464,9 @@ def report(
     period: str | None = None,
     since: date | None = None,
     until: date | None = None,
+    table: str = "steps",
 ) -> int:
-    """The program's numbers (README "Metrics") as a table, JSON or CSV."""
+    """The program's numbers (README "Metrics") as a table, JSON or CSV (one ``table``)."""
     try:
         data = build_report(
             engine.db,
@@ -472,7 +484,7 @@ def report(
         console.print_json(to_json(data))
         return EXIT_OK
     if fmt == "csv":
-        console.out(to_csv(data), end="", highlight=False)
+        console.out(to_csv(data, table), end="", highlight=False)
         return EXIT_OK
     print_report(data, engine.settings.program.currency, console)
     return EXIT_OK

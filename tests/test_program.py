@@ -282,6 +282,8 @@ def test_a_conversion_reported_twice_rewards_both_sides_once(
         ("mia@example.com", "referrer", "a 20 USD credit"),
         ("mia@example.com", "friend", "a 20 USD credit"),
     ]
+    _, explained = program.cli("explain", "--contact", "ana@example.com")
+    assert "a 20 USD credit (for introducing mia@example.com)" in explained, explained
     reward_email = [m.message for m in program.sink.messages if "Good news" in m.message["Subject"]]
     assert len(reward_email) == 1
     text = reward_email[0].get_body(("plain",)).get_content()
