@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence as Seq
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -127,6 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", parents=[common], help="funnel and referral metrics")
     rp.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    rp.add_argument(
+        "--period", choices=("week", "month"), help="per ISO week or calendar month (UTC)"
+    )
+    rp.add_argument(
+        "--since", type=date.fromisoformat, metavar="DATE", help="from this day (UTC), inclusive"
+    )
+    rp.add_argument(
+        "--until", type=date.fromisoformat, metavar="DATE", help="to this day (UTC), inclusive"
+    )
+    rp.add_argument(
+        "--table",
+        choices=("steps", "funnel", "referrers"),
+        default="steps",
+        help="which table --format csv prints (default steps)",
+    )
 
     d = sub.add_parser("demo", parents=[common], help="the whole thing on sample data, embedded")
     d.add_argument("--dir", type=Path, default=Path("demo-out"), help="where the demo writes")
@@ -241,7 +257,15 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
             case "webhooks":
                 return commands.webhooks_replay(engine, args.ids, args.all_failed, console)
             case "report":
-                return commands.report(engine, args.format, console)
+                return commands.report(
+                    engine,
+                    args.format,
+                    console,
+                    period=args.period,
+                    since=args.since,
+                    until=args.until,
+                    table=args.table,
+                )
     finally:
         engine.close()
     return EXIT_ERROR

@@ -134,6 +134,9 @@ class ProgramSettings:
     friend_credit: float = 20.0
     friend_codes: str = ""
     currency: str = "USD"
+    # What acquiring customers cost over the period `report` covers (its --since/--until);
+    # 0: unknown, CAC is not shown.
+    acquisition_spend: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -414,6 +417,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError("program.max_asks_per_year", "must not be negative")
     if s.program.ask_spacing_days < 0:
         raise SettingsError("program.ask_spacing_days", "must not be negative")
+    if not 0 <= s.program.acquisition_spend < float("inf"):
+        raise SettingsError("program.acquisition_spend", "must be a number, 0 or more")
     for side in ("referrer", "friend"):
         kind = getattr(s.program, f"{side}_reward")
         if kind not in {"credit", "code", "none"}:

@@ -89,7 +89,8 @@ class Contact(Base):
     kind: Mapped[str] = mapped_column(String(16), default="customer")
     nps_score: Mapped[int | None] = mapped_column(Integer)
     nps_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
-    customer_since: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Indexed for the report: customers acquired in a period (CAC).
+    customer_since: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
     last_complaint_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     fields: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     referral_code: Mapped[str] = mapped_column(String(32), unique=True)
@@ -149,6 +150,17 @@ class Message(Base):
         UniqueConstraint("enrollment_id", "step_id"),
         Index("ix_messages_claim", "status", "due_at"),
         Index("ix_messages_contact", "contact_id"),
+        # Covers the report (engine.reports): counts per step, status and send time, and the
+        # contacts asked, read from the index alone.
+        Index(
+            "ix_messages_report",
+            "sequence_id",
+            "step_id",
+            "status",
+            "sent_at",
+            "contact_id",
+            "created_at",
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -182,6 +194,17 @@ class Event(Base):
         Index("ix_events_message", "message_id", "type"),
         Index("ix_events_pending", "handled_at", "id"),
         Index("ix_events_type_time", "type", "occurred_at"),
+        # Covers the report's engagement counts (distinct emails per step, type, human or
+        # machine, and time), read from the index alone.
+        Index(
+            "ix_events_report",
+            "type",
+            "sequence_id",
+            "step_id",
+            "machine",
+            "message_id",
+            "occurred_at",
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
