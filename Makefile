@@ -29,3 +29,5 @@ bench: $(VENV)/.installed
 	$(PY) bench/send.py
 	$(PY) bench/plan.py
 	$(PY) bench/replies.py
+	$(PY) bench/track.py
+	$(PY) bench/report.py

@@ -231,15 +231,11 @@ async def serve(engine: Engine, console: Console) -> int:
     """The tracking HTTP app alone, until SIGTERM/SIGINT (buffered opens and clicks are written
     before it exits). Several copies can share one database behind a load balancer."""
     import asyncio
-    import gc
     import signal
 
     from engine.tracking import serve_tracking
 
     require_real_secret(engine.settings)  # its CSRF and tracking tokens rest on the secret
-    # Everything loaded so far lives as long as the process: out of the collector's sight,
-    # full collections stop re-scanning it (a third of a pixel request's CPU otherwise).
-    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -22,7 +22,7 @@ from engine.scheduler import Engine
 from engine.settings import Settings
 from engine.tracking.app import bind, build_app, serve_app
 from engine.tracking.buffer import HitBuffer
-from engine.tracking.records import write_hits
+from engine.tracking.records import HitWriter
 
 START_TIMEOUT = 10.0
 # A desktop browser's user agent: httpx's own ("python-httpx/...") is a machine's.
@@ -48,7 +48,7 @@ class TrackingServer:
         self.settings = dataclasses.replace(settings, tracking=tracking)
         self.engine = Engine.build(self.settings, clock)
         # Written when a test calls flush() (or on shutdown), never behind its back.
-        self.buffer = HitBuffer(lambda hits: write_hits(self.engine.db, hits), interval=3600)
+        self.buffer = HitBuffer(HitWriter(self.engine.db), interval=3600)
         self.app: Starlette = build_app(self.engine, buffer=self.buffer)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None

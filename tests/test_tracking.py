@@ -455,15 +455,15 @@ def test_every_response_carries_the_security_headers(
 ) -> None:
     (ask,) = send(program, server, ANA)
     program.clock.advance(timedelta(minutes=5))
-    responses = [
-        client.get(link(ask, "/o/")),
+    documents = [
         client.get(link(ask, "/c/")),
         client.get(link(ask, "/u/")),
         client.get("/no/such/page"),
+        client.get(link(ask, "/o/")[:-8] + ".gif"),  # a broken pixel token: the 404 page
         client.get("/healthz"),
         client.post("/api/events", json={}),
     ]
-    for response in responses:
+    for response in documents:
         headers = response.headers
         assert "frame-ancestors 'none'" in headers["content-security-policy"]
         assert "script-src" not in headers["content-security-policy"]  # default-src 'none'
@@ -472,6 +472,10 @@ def test_every_response_carries_the_security_headers(
         assert headers["referrer-policy"] == "no-referrer"
         assert headers["cache-control"] == "no-store"
         assert "server" not in headers
+    pixel = client.get(link(ask, "/o/"))  # an image: its type as declared, never cached
+    assert pixel.headers["x-content-type-options"] == "nosniff"
+    assert pixel.headers["cache-control"] == "no-store"
+    assert "server" not in pixel.headers
 
 
 @SQLITE_ONLY

@@ -236,13 +236,25 @@ def hit(ref: bytes, seconds: float, kind: str = "opened", **more: Any) -> Hit:
     return Hit(kind, ref, NOW + timedelta(seconds=seconds), more.pop("machine", None), **more)
 
 
+class ListWriter:
+    """A writer keeping batches in memory; ``fail`` makes the next writes raise."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Hit]] = []
+        self.fail = False
+
+    def prepare(self, hits: list[Hit]) -> list[Hit]:
+        return list(hits)
+
+    def write(self, prepared: list[Hit]) -> int:
+        if self.fail:
+            raise ConnectionError("database down")
+        self.batches.append(prepared)
+        return len(prepared)
+
+
 async def test_duplicates_within_the_window_are_one_hit_and_later_ones_count() -> None:
-    written: list[list[Hit]] = []
-
-    def writer(batch: list[Hit]) -> int:
-        written.append(batch)
-        return len(batch)
-
+    writer = ListWriter()
     buffer = HitBuffer(writer, batch=2)
     added = [
         buffer.add(hit(b"a", 0)),
@@ -251,40 +263,35 @@ async def test_duplicates_within_the_window_are_one_hit_and_later_ones_count() -
         buffer.add(hit(b"b", 4)),  # another email
         buffer.add(hit(b"a", 5, "clicked", url="https://x.example/")),
         buffer.add(hit(b"a", 11)),  # a new open, past the window
+        buffer.add(hit(b"a", 25)),  # and another, two windows on
     ]
-    assert added == [True, False, True, True, True, True]
-    assert await buffer.flush() == 5
-    assert [len(batch) for batch in written] == [2, 2, 1]
-    assert buffer.pending == 0 and buffer.written == 5
+    assert added == [True, False, True, True, True, True, True]
+    assert await buffer.flush() == 6
+    assert [len(batch) for batch in writer.batches] == [2, 2, 2]
+    assert buffer.pending == 0 and buffer.written == 6
 
 
 async def test_a_failed_write_keeps_the_hits_and_stop_flushes_them() -> None:
-    fail = [True]
-    written: list[Hit] = []
-
-    def writer(batch: list[Hit]) -> int:
-        if fail[0]:
-            raise ConnectionError("database down")
-        written.extend(batch)
-        return len(batch)
-
+    writer = ListWriter()
+    writer.fail = True
     buffer = HitBuffer(writer, interval=0.01)
     buffer.add(hit(b"a", 0))
     buffer.add(hit(b"b", 0))
     with pytest.raises(ConnectionError):
         await buffer.flush()
     assert buffer.pending == 2
-    fail[0] = False
+    writer.fail = False
     stop = asyncio.Event()
     task = asyncio.create_task(buffer.run(stop))
     buffer.add(hit(b"c", 0))
     stop.set()
     await task
-    assert [h.ref for h in written] == [b"a", b"b", b"c"] and buffer.pending == 0
+    assert [h.ref for batch in writer.batches for h in batch] == [b"a", b"b", b"c"]
+    assert buffer.pending == 0
 
 
 def test_a_full_buffer_drops_new_hits_instead_of_growing() -> None:
-    buffer = HitBuffer(lambda batch: len(batch), max_pending=2)
+    buffer = HitBuffer(ListWriter(), max_pending=2)
     assert [buffer.add(hit(bytes([i]), 0)) for i in range(3)] == [True, True, False]
     assert buffer.dropped == 1
 

@@ -62,6 +62,7 @@ from engine.tracking.web import (
     SecurityHeaders,
     origin_allowed,
     origin_of,
+    pixel_headers,
     safe_location,
     security_headers,
 )
@@ -160,8 +161,8 @@ class _Pixel:
     """ASGI middleware answering ``GET /o/<token>.gif`` before Starlette's routing.
 
     The pixel is most of the app's traffic and its whole answer is known in advance, so it
-    skips the router, the request object and the response class (about half the cost of a
-    bare Starlette endpoint). A token that does not verify goes on to the app: a plain 404.
+    skips the router, the request object and the response class, about half the Python time
+    of a bare Starlette endpoint. A token that does not verify goes on to the app: a 404 page.
     """
 
     def __init__(
@@ -177,11 +178,7 @@ class _Pixel:
         self.signer = signer
         self.buffer = buffer
         self.clock = clock
-        self.headers = [
-            (b"content-type", b"image/gif"),
-            (b"content-length", str(len(GIF)).encode()),
-            *headers,
-        ]
+        self.headers = headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
@@ -259,10 +256,9 @@ def _unsubscribe_routes(app: _App) -> list[Route]:
         if form.get("List-Unsubscribe") != "One-Click":
             return PlainTextResponse("expected List-Unsubscribe=One-Click", status_code=400)
         via = "page" if form.get("via") == "page" else "one-click"
-        done = await run_in_threadpool(records.unsubscribe, db, ref, app.now(), via=via)
-        if done is None:
+        target = await run_in_threadpool(records.unsubscribe, db, ref, app.now(), via=via)
+        if target is None:
             return app.pages.not_found()
-        target, _changed = done
         return app.page(
             request,
             "unsubscribe",
@@ -289,15 +285,15 @@ def _nps_routes(app: _App) -> list[Route]:
         if token is None or token.value is None or not 0 <= token.value <= 10:
             return app.pages.not_found()
         score = token.value
-        outcome = await run_in_threadpool(
+        target = await run_in_threadpool(
             records.answer_nps, db, token.ref, score, app.now(), app.machine(request)
         )
-        if outcome is None:
+        if target is None:
             return app.pages.not_found()
         return app.page(
             request,
             "nps",
-            language(outcome.target.locale),
+            language(target.locale),
             "nps.title",
             values={"score": str(score)},
         )
@@ -325,9 +321,11 @@ def _nps_routes(app: _App) -> list[Route]:
                 expired=bool(refused),
             )
         v = result.values
-        await run_in_threadpool(
+        saved = await run_in_threadpool(
             records.save_nps_page, db, ref, int(v["score"]), v["improve"], v["other"], app.now()
         )
+        if saved is None:
+            return app.pages.not_found()
         return app.page(request, "nps", lang, "nps.title", done=True)
 
     return [
@@ -517,11 +515,14 @@ def _form_routes(app: _App) -> list[Route]:
                     return app.pages.not_found()
         elif name == "partner":
             answers = {f.name: v[f.name] for f in forms.PARTNER}
-            await run_in_threadpool(records.save_partner, db, ref, answers, now)
+            if await run_in_threadpool(records.save_partner, db, ref, answers, now) is None:
+                return app.pages.not_found()
         else:
-            await run_in_threadpool(
+            saved = await run_in_threadpool(
                 records.save_testimonial, db, ref, v["text"], result.checked("publish"), now
             )
+            if saved is None:
+                return app.pages.not_found()
         return render(request, name, lang, done=True)
 
     return [
@@ -586,7 +587,7 @@ def build_app(engine: Engine, *, buffer: HitBuffer | None = None) -> Starlette:
     settings = engine.settings
     signer = engine.renderer.links.signer
     pages = Pages(settings.sender)
-    hits = buffer or HitBuffer(lambda batch: records.write_hits(engine.db, batch))
+    hits = buffer or HitBuffer(records.HitWriter(engine.db))
     app = _App(
         engine=engine,
         signer=signer,
@@ -613,9 +614,9 @@ def build_app(engine: Engine, *, buffer: HitBuffer | None = None) -> Starlette:
         assert isinstance(exc, HTTPException)
         return PlainTextResponse(str(exc.detail), status_code=exc.status_code)
 
-    headers = security_headers(
-        pages.style_source, https=settings.tracking.base_url.startswith("https:")
-    )
+    https = settings.tracking.base_url.startswith("https:")
+    headers = security_headers(pages.style_source, https=https)
+    pixel = pixel_headers(https=https)
     starlette = Starlette(
         routes=[
             *_tracking_routes(app),
@@ -626,7 +627,7 @@ def build_app(engine: Engine, *, buffer: HitBuffer | None = None) -> Starlette:
             *_service_routes(app),
         ],
         middleware=[
-            Middleware(_Pixel, signer=signer, buffer=hits, clock=engine.clock, headers=headers),
+            Middleware(_Pixel, signer=signer, buffer=hits, clock=engine.clock, headers=pixel),
             Middleware(SecurityHeaders, headers=headers),
         ],
         exception_handlers={404: not_found, HTTPException: http_error},

@@ -2,9 +2,13 @@
 
 The pixel and click handlers only ``add`` a ``Hit`` to an in-memory ``HitBuffer`` (no database
 wait in the response); ``HitBuffer.run`` writes what piled up every ``interval`` seconds, or as
-soon as ``batch`` hits are waiting, in a worker thread, and a last time when it stops (uvicorn's
-graceful shutdown on SIGTERM), so nothing buffered is lost. A failed write keeps the hits for
-the next attempt.
+soon as ``batch`` hits are waiting, and a last time when it stops (uvicorn's graceful shutdown
+on SIGTERM), so nothing buffered is lost. A failed write keeps the hits for the next attempt.
+
+A ``Writer`` works in two steps: ``prepare`` turns a batch into statement parameters on the
+event loop, ``write`` runs the statements in a worker thread. The thread then holds the GIL
+for little more than the driver calls: Python work in it would make the event loop wait for
+the GIL after every socket call, which cost more than the work itself.
 
 A burst of identical hits (a mail client loading the pixel five times while rendering) is one
 event: a hit repeating the same message, kind, destination and machine reason (None for a
@@ -17,9 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 log = logging.getLogger("engine.tracking")
 
@@ -45,11 +48,17 @@ class Hit(NamedTuple):
     honeypot: bool = False  # a request for the email's hidden link
 
 
-Writer = Callable[[list[Hit]], int]
+class Writer(Protocol):
+    """Writes batches of hits: ``prepare`` on the event loop (no I/O), then ``write`` in a
+    worker thread with what ``prepare`` returned; ``write`` returns the rows written."""
+
+    def prepare(self, hits: list[Hit]) -> Any: ...
+
+    def write(self, prepared: Any) -> int: ...
 
 
 class HitBuffer:
-    """Hits waiting to be written by ``writer`` (called in a worker thread with a batch)."""
+    """Hits waiting to be written by ``writer``, a batch at a time."""
 
     def __init__(
         self,
@@ -118,7 +127,7 @@ class HitBuffer:
                 chunk = self._pending[: self._batch]
                 del self._pending[: len(chunk)]
                 try:
-                    await asyncio.to_thread(self._writer, chunk)
+                    await asyncio.to_thread(self._writer.write, self._writer.prepare(chunk))
                 except BaseException:
                     self._pending[:0] = chunk
                     raise

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Dialect, Table, select, update
+from sqlalchemy import Connection, Table, select, update
 from sqlalchemy.orm import Session
 
 from engine.contacts import apply_nps_answer
@@ -32,23 +32,15 @@ HONEYPOT = "honeypot"
 class Target:
     """The message a page token points at, and its contact (a snapshot for rendering)."""
 
-    message_id: int
-    sent_at: datetime | None
-    contact_id: int
     email: str
-    first_name: str | None
     locale: str | None
     unsubscribed: bool
     fields: Mapping[str, Any]
 
 
-def _target(message: Message, contact: Contact) -> Target:
+def _target(contact: Contact) -> Target:
     return Target(
-        message_id=message.id,
-        sent_at=message.sent_at,
-        contact_id=contact.id,
         email=contact.email,
-        first_name=contact.first_name,
         locale=contact.locale,
         unsubscribed=contact.unsubscribed_at is not None,
         fields=dict(contact.fields or {}),
@@ -70,7 +62,7 @@ def load_target(db: Database, ref: bytes) -> Target | None:
     """The message with public id ``ref`` and its contact, or None when there is none."""
     with db.session() as session:
         found = _load(session, ref)
-        return None if found is None else _target(*found)
+        return None if found is None else _target(found[1])
 
 
 # -- opens and clicks (HitBuffer's writer) ----------------------------------------------------
@@ -97,37 +89,28 @@ def _honeypot_hits(
     return found
 
 
-def write_hits(db: Database, hits: list[Hit]) -> int:
-    """Record ``hits`` as ``opened`` / ``clicked`` events in one transaction; returns how many
-    rows were written (hits for unknown messages, e.g. a preview's, are skipped).
-
-    Clicks are classified again here with what only the database knows: a click within seconds
-    of the email's delivery, or next to a request for its honeypot link, is a scanner's. A
-    honeypot hit also marks the email's earlier "human" clicks around it as machine traffic.
-    """
-    if not hits:
-        return 0
-    with db.write_connection() as conn:
-        return transaction(conn, lambda c: _write_hits(c, hits))
-
-
 # Opens written per INSERT ... SELECT (4 parameters each, far below every driver's limit).
 OPENS_PER_STATEMENT = 500
 
 
-class _Statements:
-    """Driver-level statements for the hot path, for one dialect.
+class HitWriter:
+    """Records hits as ``opened`` / ``clicked`` events (the ``HitBuffer``'s writer).
 
-    This code runs in a thread beside the event loop, and every GIL hand-over between them
-    costs: opens (nearly all the traffic) go in as one ``INSERT ... SELECT`` per 500 that
-    joins their refs to ``messages`` inside the database, with no row coming back to Python
-    and one driver call per statement. Values still pass through the column types' own bind
-    processors, so they are stored exactly as Core would store them.
+    Opens, nearly all the traffic, go in as one ``INSERT ... SELECT`` per 500 that joins their
+    refs to ``messages`` inside the database (hits for unknown messages, e.g. a preview's, join
+    nothing); ``prepare`` builds its parameters on the event loop, through the column types' own
+    bind processors, so values are stored exactly as Core would store them.
+
+    Clicks (few) are classified again in ``write`` with what only the database knows: a click
+    within seconds of the email's delivery, or next to a request for its honeypot link, is a
+    scanner's. A honeypot hit also marks the email's "human" clicks around it as machine traffic.
     """
 
-    def __init__(self, dialect: Dialect) -> None:
-        self.postgres = dialect.name == "postgresql"
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        dialect = db.engine.dialect
         self.mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        self.postgres = dialect.name == "postgresql"
 
         def processor(column: Any) -> Any:
             found = column.type.dialect_impl(dialect).bind_processor(dialect)
@@ -137,20 +120,53 @@ class _Statements:
         self.at = processor(_events.c.occurred_at)
         self.data = processor(_events.c.data)
         self.machine = processor(_events.c.machine)
-        mark = self.mark
+        self._encoded: dict[str | None, tuple[Any, Any]] = {}  # machine reason -> data, flag
+        self._opens: dict[int, str] = {}
         self.insert = (
             "INSERT INTO events (type, contact_id, message_id, sequence_id, step_id, "
-            f"occurred_at, data, machine, handled_at) VALUES ({', '.join([mark] * 8)}, NULL)"
+            f"occurred_at, data, machine, handled_at) VALUES ({', '.join([self.mark] * 8)}, NULL)"
         )
-        self._opens: dict[int, str] = {}
 
     def lookup(self, n: int) -> str:
+        """The messages (id, ref, contact_id, sequence_id, step_id) with ``n`` given refs."""
         return (
             "SELECT id, ref, contact_id, sequence_id, step_id FROM messages "
             f"WHERE ref IN ({', '.join([self.mark] * n)})"
         )
 
-    def opens(self, n: int) -> str:
+    def prepare(self, hits: list[Hit]) -> tuple[list[tuple[str, tuple[Any, ...]]], list[Hit]]:
+        """The open statements with their parameters, and the clicks (written as they are)."""
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        opens = [h for h in hits if h.kind == "opened"]
+        clicks = [h for h in hits if h.kind != "opened"]
+        ref, at, encoded = self.ref, self.at, self._encoded
+        for i in range(0, len(opens), OPENS_PER_STATEMENT):
+            chunk = opens[i : i + OPENS_PER_STATEMENT]
+            params: list[Any] = []
+            for h in chunk:
+                values = encoded.get(h.machine)
+                if values is None:
+                    data = {"machine": h.machine} if h.machine else {}
+                    values = encoded[h.machine] = (
+                        self.data(data),
+                        self.machine(h.machine is not None),
+                    )
+                params += (ref(h.ref), at(h.at), *values)
+            statements.append((self._opens_statement(len(chunk)), tuple(params)))
+        return statements, clicks
+
+    def write(self, prepared: tuple[list[tuple[str, tuple[Any, ...]]], list[Hit]]) -> int:
+        """Run what ``prepare`` made in one transaction; the number of events written."""
+        statements, clicks = prepared
+
+        def work(conn: Connection) -> int:
+            written = sum(conn.exec_driver_sql(sql, params).rowcount for sql, params in statements)
+            return written + (_write_clicks(conn, self, clicks) if clicks else 0)
+
+        with self.db.write_connection() as conn:
+            return transaction(conn, work)
+
+    def _opens_statement(self, n: int) -> str:
         """INSERT ... SELECT of ``n`` opens given as (ref, occurred_at, data, machine)."""
         found = self._opens.get(n)
         if found is None:
@@ -173,45 +189,14 @@ class _Statements:
         return found
 
 
-_STATEMENTS: dict[str, _Statements] = {}
-
-
-def _statements(conn: Connection) -> _Statements:
-    name = conn.dialect.name
-    if name not in _STATEMENTS:
-        _STATEMENTS[name] = _Statements(conn.dialect)
-    return _STATEMENTS[name]
-
-
-def _write_hits(conn: Connection, hits: list[Hit]) -> int:
-    sql = _statements(conn)
-    opens = [h for h in hits if h.kind == "opened"]
-    clicks = [h for h in hits if h.kind != "opened"]
-    written = 0
-    encoded: dict[str | None, tuple[Any, Any]] = {}  # machine reason -> (data, machine)
-    for i in range(0, len(opens), OPENS_PER_STATEMENT):
-        chunk = opens[i : i + OPENS_PER_STATEMENT]
-        params: list[Any] = []
-        for h in chunk:
-            values = encoded.get(h.machine)
-            if values is None:
-                data = {"machine": h.machine} if h.machine else {}
-                values = encoded[h.machine] = (sql.data(data), sql.machine(h.machine is not None))
-            params += (sql.ref(h.ref), sql.at(h.at), *values)
-        written += conn.exec_driver_sql(sql.opens(len(chunk)), tuple(params)).rowcount
-    if clicks:
-        written += _write_clicks(conn, sql, clicks)
-    return written
-
-
-def _write_clicks(conn: Connection, sql: _Statements, clicks: list[Hit]) -> int:
+def _write_clicks(conn: Connection, writer: HitWriter, clicks: list[Hit]) -> int:
     """Clicks (few): each is looked at with its email's delivery time and honeypot hits."""
     refs = list({h.ref for h in clicks})
     messages: dict[bytes, Any] = {}
     for i in range(0, len(refs), LOOKUP_CHUNK):
         chunk = refs[i : i + LOOKUP_CHUNK]
-        params = tuple(sql.ref(ref) for ref in chunk)
-        for row in conn.exec_driver_sql(sql.lookup(len(chunk)), params).all():
+        params = tuple(writer.ref(ref) for ref in chunk)
+        for row in conn.exec_driver_sql(writer.lookup(len(chunk)), params).all():
             messages[bytes(row[1])] = row
     known = [h for h in clicks if h.ref in messages]
     if not known:
@@ -237,9 +222,13 @@ def _write_clicks(conn: Connection, sql: _Statements, clicks: list[Hit]) -> int:
             data["url"] = h.url
         if reason is not None:
             data["machine"] = reason
-        at, payload, machine = sql.at(h.at), sql.data(data), sql.machine(reason is not None)
+        at, payload, machine = (
+            writer.at(h.at),
+            writer.data(data),
+            writer.machine(reason is not None),
+        )
         rows.append((h.kind, m[2], m[0], m[3], m[4], at, payload, machine))
-    conn.exec_driver_sql(sql.insert, rows)
+    conn.exec_driver_sql(writer.insert, rows)
     for h in known:
         if h.honeypot:
             conn.execute(
@@ -258,9 +247,9 @@ def _write_clicks(conn: Connection, sql: _Statements, clicks: list[Hit]) -> int:
 # -- unsubscribe ---------------------------------------------------------------------------
 
 
-def unsubscribe(db: Database, ref: bytes, now: datetime, *, via: str) -> tuple[Target, bool] | None:
-    """Unsubscribe the contact of message ``ref`` at once: (the message and contact, whether
-    this call unsubscribed them), or None for an unknown message. Repeating it is harmless.
+def unsubscribe(db: Database, ref: bytes, now: datetime, *, via: str) -> Target | None:
+    """Unsubscribe the contact of message ``ref`` at once (None: an unknown message); repeating
+    it is harmless.
 
     In one transaction: ``contacts.unsubscribed_at``, the ``unsubscribed`` event (the planner
     then stops every enrollment) and the cancellation of every email still queued or held for
@@ -272,7 +261,7 @@ def unsubscribe(db: Database, ref: bytes, now: datetime, *, via: str) -> tuple[T
             return None
         message, contact = found
         if contact.unsubscribed_at is not None:
-            return _target(message, contact), False
+            return _target(contact)
         contact.unsubscribed_at = now
         contact.updated_at = now
         record_event(
@@ -287,24 +276,15 @@ def unsubscribe(db: Database, ref: bytes, now: datetime, *, via: str) -> tuple[T
             .values(status="cancelled", last_error="unsubscribed", lease_owner=None)
             .execution_options(synchronize_session=False)
         )
-        return _target(message, contact), True
+        return _target(contact)
 
 
 # -- NPS -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class NpsClick:
-    """What a click on a score did: ``machine`` is why it was not taken as an answer."""
-
-    target: Target
-    recorded: bool
-    machine: str | None
-
-
 def answer_nps(
     db: Database, ref: bytes, score: int, now: datetime, machine: str | None
-) -> NpsClick | None:
+) -> Target | None:
     """A click on score ``score`` in the survey email; None for an unknown message.
 
     A person's click is the answer (latest wins; the same click twice is one answer). A
@@ -331,9 +311,9 @@ def answer_nps(
                 data={"nps": score, "machine": machine},
             )
             scanned.machine = True
-            return NpsClick(_target(message, contact), False, machine)
-        answer = apply_nps_answer(session, contact, score, now, source="email", message=message)
-        return NpsClick(_target(message, contact), answer is not None, None)
+        else:
+            apply_nps_answer(session, contact, score, now, source="email", message=message)
+        return _target(contact)
 
 
 def save_nps_page(
@@ -356,7 +336,7 @@ def save_nps_page(
                 message=message,
                 data={"score": score, "improve": improve, "other": other},
             )
-        return _target(message, contact)
+        return _target(contact)
 
 
 # -- referral page and forms -----------------------------------------------------------------
@@ -418,7 +398,7 @@ def save_partner(
                 message=message,
                 data={"form": "partner", **answers},
             )
-        return _target(message, contact)
+        return _target(contact)
 
 
 def save_testimonial(
@@ -443,4 +423,4 @@ def save_testimonial(
             record_event(
                 session, "form.submitted", now, contact_id=contact.id, message=message, data=data
             )
-        return _target(message, contact)
+        return _target(contact)

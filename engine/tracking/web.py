@@ -37,6 +37,20 @@ def security_headers(style_source: str, *, https: bool) -> list[tuple[bytes, byt
     return headers
 
 
+def pixel_headers(*, https: bool) -> list[tuple[bytes, bytes]]:
+    """The open pixel's headers: an image needs none of a document's policies (scripts,
+    framing, referrers), only its type kept as declared and no caching."""
+    headers = [
+        (b"content-type", b"image/gif"),
+        (b"content-length", str(len(GIF)).encode()),
+        (b"x-content-type-options", b"nosniff"),
+        (b"cache-control", b"no-store"),
+    ]
+    if https:
+        headers.append((b"strict-transport-security", b"max-age=31536000"))
+    return headers
+
+
 class SecurityHeaders:
     """ASGI middleware adding ``headers`` to every HTTP response."""
 
