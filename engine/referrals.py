@@ -31,6 +31,27 @@ class ReferralOutcome:
     message: str
 
 
+def referral_event(
+    session: Session, type_: str, referral: Referral, now: datetime, **extra: Any
+) -> None:
+    """Record ``type_`` about ``referral`` on its referrer, with what the emails and webhooks
+    need (friend, channel, status) and ``extra``."""
+    record_event(
+        session,
+        type_,
+        now,
+        contact_id=referral.referrer_id,
+        data={
+            "referral_id": referral.id,
+            "friend_email": referral.friend_email,
+            "friend_name": referral.friend_name,
+            "channel": referral.channel,
+            "status": referral.status,
+            **extra,
+        },
+    )
+
+
 def _address(text: str, what: str) -> str:
     try:
         return check_address(text.strip()).lower()
@@ -69,20 +90,7 @@ def add_referral(
             # A person confirms what the engine found in a reply: now it is an introduction.
             existing.status, existing.updated_at = "introduced", now
             existing.friend_name = name or existing.friend_name
-            record_event(
-                session,
-                "referral.created",
-                now,
-                contact_id=referrer.id,
-                data={
-                    "referral_id": existing.id,
-                    "friend_email": friend,
-                    "friend_name": existing.friend_name,
-                    "channel": existing.channel,
-                    "status": "introduced",
-                    "confirmed": True,
-                },
-            )
+            referral_event(session, "referral.created", existing, now, confirmed=True)
             return ReferralOutcome(
                 existing.id, True, f"confirmed: {referrer_addr} introduced {friend}"
             )
@@ -107,20 +115,13 @@ def add_referral(
         )
         session.add(referral)
         session.flush()
-        record_event(
+        referral_event(
             session,
             "referral.created",
+            referral,
             now,
-            contact_id=referrer.id,
-            data={
-                "referral_id": referral.id,
-                "friend_email": friend,
-                "friend_name": name,
-                "channel": channel,
-                "status": "introduced",
-                **({"flag": flag} if flag is not None else {}),
-                **({"consent": consent} if consent is not None else {}),
-            },
+            **({"flag": flag} if flag is not None else {}),
+            **({"consent": consent} if consent is not None else {}),
         )
         note = f" (flagged: {flag.replace('_', ' ')}, no reward)" if flag else ""
         return ReferralOutcome(
@@ -201,18 +202,8 @@ def update_referral(
         if referral.status == status:
             return ReferralOutcome(referral.id, False, f"{friend} was already {status}")
         referral.status, referral.updated_at = status, now
-        record_event(
-            session,
-            "referral.updated",
-            now,
-            contact_id=referral.referrer_id,
-            data={
-                "referral_id": referral.id,
-                "friend_email": friend,
-                "friend_name": referral.friend_name,
-                "status": status,
-                **({"note": note} if note else {}),
-            },
+        referral_event(
+            session, "referral.updated", referral, now, **({"note": note} if note else {})
         )
         return ReferralOutcome(referral.id, True, f"{friend}: {status}")
 
@@ -227,18 +218,12 @@ def convert_in_session(
     referral.status = "converted"
     referral.converted_at = referral.updated_at = now
     referral.value = value
-    record_event(
+    referral_event(
         session,
         "referral.converted",
+        referral,
         now,
-        contact_id=referral.referrer_id,
-        data={
-            "referral_id": referral.id,
-            "friend_email": referral.friend_email,
-            "friend_name": referral.friend_name,
-            "status": "converted",
-            "value": str(value) if value is not None else None,
-        },
+        value=str(value) if value is not None else None,
     )
     return True
 
@@ -282,20 +267,7 @@ def record_detected_referral(
     )
     session.add(referral)
     session.flush()
-    record_event(
-        session,
-        "referral.created",
-        now,
-        contact_id=referrer.id,
-        data={
-            "referral_id": referral.id,
-            "friend_email": friend,
-            "friend_name": name,
-            "channel": channel,
-            "status": "detected",
-            "detected": True,
-            "review": True,
-            **evidence,
-        },
+    referral_event(
+        session, "referral.created", referral, now, detected=True, review=True, **evidence
     )
     return referral
