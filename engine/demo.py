@@ -99,6 +99,9 @@ async def _web(engine: Engine, who: str, action: str) -> str:
     async with httpx.AsyncClient(timeout=10) as client:
         if action == "open":
             response = await client.get(links.open, headers={"User-Agent": BROWSER})
+        elif action == "referral":  # a friend opens the referrer's personal page
+            assert links.referral is not None
+            response = await client.get(links.referral, headers={"User-Agent": BROWSER})
         elif action.startswith("nps"):
             response = await client.get(links.nps[int(action[3:])], headers={"User-Agent": BROWSER})
         else:  # one-click unsubscribe, as a mail client's button does it (RFC 8058)
@@ -127,6 +130,11 @@ MOMENTS = [
         timedelta(days=2, hours=6),
         "Budi presses Unsubscribe in his mail app (RFC 8058 one-click; nothing more is sent)",
         lambda e, now: _web(e, "budi.santoso@example.co.id", "unsubscribe"),
+    ),
+    Moment(
+        timedelta(days=3, hours=1),
+        "Mia opens Ana's personal referral page (a visit in the funnel)",
+        lambda e, now: _web(e, "ana.lima@example.com", "referral"),
     ),
     Moment(
         timedelta(days=3, hours=2),

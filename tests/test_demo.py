@@ -44,6 +44,7 @@ def test_demo_plays_a_program_and_keeps_every_email(tmp_path: Path) -> None:
         "(read as reply)",
         "Budi presses Unsubscribe in his mail app (RFC 8058 one-click; nothing more is sent) "
         "(HTTP 200)",
+        "Mia opens Ana's personal referral page (a visit in the funnel) (HTTP 200)",
         "Ana introduces Mia",
         "Tom clicks 10 in the NPS survey (routing: thank-you, and a note to sales) (HTTP 200)",
         "Mia becomes a customer",
