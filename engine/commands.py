@@ -118,38 +118,31 @@ def import_contacts(engine: Engine, path: Path, console: Console) -> int:
         report = run_import(
             engine.db, path, engine.clock.now(), progress=lambda n: bar.advance(task, n)
         )
-    console.print(
-        f"{path}: {report.created} created, {report.updated} updated, "
+    summary = (
+        f"{report.created} created, {report.updated} updated, "
         f"{report.unchanged} unchanged, {len(report.rejected)} rejected"
-        + (
-            f" ({report.erased_before} erased before at their request: kept unsubscribed)"
-            if report.erased_before
-            else ""
-        ),
-        highlight=False,
-        markup=False,
     )
-    for line in report.rejected:
-        console.print(f"  {path}: {line}", highlight=False, markup=False)
-    return EXIT_INVALID if report.rejected else EXIT_OK
+    if report.erased_before:
+        summary += f" ({report.erased_before} erased before at their request: kept unsubscribed)"
+    return _imported(console, path, summary, report.rejected)
 
 
 def import_purchases(engine: Engine, path: Path, console: Console) -> int:
     """Record purchases from a CSV file; rejected rows are listed with the reason."""
-    try:
-        report = import_purchase_rows(engine.db, path, engine.clock.now())
-    except ImportRowError as exc:
-        console.print(str(exc), highlight=False, markup=False)
-        return EXIT_ERROR
-    console.print(
-        f"{path}: {report.recorded} recorded ({report.referred} referred), "
-        f"{report.repeated} already recorded, {len(report.rejected)} rejected",
-        highlight=False,
-        markup=False,
+    report = import_purchase_rows(engine.db, path, engine.clock.now())
+    summary = (
+        f"{report.recorded} recorded ({report.referred} referred), "
+        f"{report.repeated} already recorded, {len(report.rejected)} rejected"
     )
-    for line in report.rejected:
-        console.print(f"  {line}", highlight=False, markup=False)
-    return EXIT_INVALID if report.rejected else EXIT_OK
+    return _imported(console, path, summary, report.rejected)
+
+
+def _imported(console: Console, path: Path, summary: str, rejected: list[str]) -> int:
+    """An import's outcome: the summary, each rejected row with its reason, the exit code."""
+    console.print(f"{path}: {summary}", highlight=False, markup=False)
+    for line in rejected:
+        console.print(f"  {path}: {line}", highlight=False, markup=False)
+    return EXIT_INVALID if rejected else EXIT_OK
 
 
 def erase_contact(engine: Engine, email: str, console: Console) -> int:

@@ -156,21 +156,27 @@ def attribution_flag(
     return None
 
 
+def _credited(session: Session, friend: str) -> Referral:
+    """The referral of ``friend`` that gets the credit (the earliest), locked for update."""
+    referral = session.scalar(
+        select(Referral)
+        .where(Referral.friend_email == friend)
+        .order_by(Referral.created_at, Referral.id)
+        .limit(1)
+        .with_for_update()
+    )
+    if referral is None:
+        raise ReferralError(f"--email: nobody referred {friend}; record it with referrals add")
+    return referral
+
+
 def convert_referral(
     db: Database, friend_email: str, now: datetime, *, value: Decimal | None = None
 ) -> ReferralOutcome:
     """Mark the referred person as a customer; the earliest referrer gets the credit."""
     friend = _address(friend_email, "--email")
     with db.write() as session:
-        referral = session.scalar(
-            select(Referral)
-            .where(Referral.friend_email == friend)
-            .order_by(Referral.created_at, Referral.id)
-            .limit(1)
-            .with_for_update()
-        )
-        if referral is None:
-            raise ReferralError(f"--email: nobody referred {friend}; record it with referrals add")
+        referral = _credited(session, friend)
         if not convert_in_session(session, referral, now, value=value):
             return ReferralOutcome(referral.id, False, f"{friend} had already converted")
         return ReferralOutcome(referral.id, True, f"converted: {friend}")
@@ -188,15 +194,7 @@ def update_referral(
         raise ReferralError(f"--status: {status!r} is not one of {', '.join(UPDATE_STATUSES)}")
     friend = _address(friend_email, "--email")
     with db.write() as session:
-        referral = session.scalar(
-            select(Referral)
-            .where(Referral.friend_email == friend)
-            .order_by(Referral.created_at, Referral.id)
-            .limit(1)
-            .with_for_update()
-        )
-        if referral is None:
-            raise ReferralError(f"--email: nobody referred {friend}; record it with referrals add")
+        referral = _credited(session, friend)
         if referral.status == "converted":
             raise ReferralError(f"--status: {friend} already converted; that is final")
         if referral.status == status:

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -135,6 +136,27 @@ class _App:
             token if isinstance(token, str) else None, request.url.path, time.time()
         ):
             return "csrf"
+        return None
+
+    def refusal(
+        self,
+        request: Request,
+        form: Mapping[str, Any],
+        result: forms.Submission,
+        again: Callable[..., Response],
+    ) -> Response | None:
+        """The answer to a post that may not proceed: 403 from another site; the page again
+        (``again``) with a fresh token (403) or with the errors next to the fields (400)."""
+        refused = self.guard(request, form)
+        if refused == "origin":
+            return _forbidden()
+        if refused or not result.ok:
+            return again(
+                status=403 if refused else 400,
+                values=result.values,
+                errors=result.errors,
+                expired=bool(refused),
+            )
         return None
 
 
@@ -306,20 +328,9 @@ def _nps_routes(app: _App) -> list[Route]:
         lang = language(target.locale)
         form = await app.form(request)
         result = forms.check(form, forms.NPS, Translator(lang))
-        refused = app.guard(request, form)
-        if refused == "origin":
-            return _forbidden()
-        if refused or not result.ok:
-            return app.page(
-                request,
-                "nps",
-                lang,
-                "nps.title",
-                status=403 if refused else 400,
-                values=result.values,
-                errors=result.errors,
-                expired=bool(refused),
-            )
+        again = functools.partial(app.page, request, "nps", lang, "nps.title")
+        if (refused := app.refusal(request, form, result, again)) is not None:
+            return refused
         v = result.values
         saved = await run_in_threadpool(
             records.save_nps_page, db, ref, int(v["score"]), v["improve"], v["other"], app.now()
@@ -397,19 +408,9 @@ def _referral_routes(app: _App) -> list[Route]:
         result = forms.check(form, forms.REFERRAL, t)
         if result.values["email"] == referrer.email and "email" not in result.errors:
             result.errors["email"] = t("self_referral")
-        refused = app.guard(request, form)
-        if refused == "origin":
-            return _forbidden()
-        if refused or not result.ok:
-            return render(
-                request,
-                referrer,
-                lang,
-                status=403 if refused else 400,
-                values=result.values,
-                errors=result.errors,
-                expired=bool(refused),
-            )
+        again = functools.partial(render, request, referrer, lang)
+        if (refused := app.refusal(request, form, result, again)) is not None:
+            return refused
         v = result.values
         consent = t("referral.consent", sender=sender)
         try:
@@ -482,19 +483,9 @@ def _form_routes(app: _App) -> list[Route]:
             result = forms.check_intro(form, target.email, t)
         else:
             result = forms.check(form, forms.PARTNER if name == "partner" else forms.TESTIMONIAL, t)
-        refused = app.guard(request, form)
-        if refused == "origin":
-            return _forbidden()
-        if refused or not result.ok:
-            return render(
-                request,
-                name,
-                lang,
-                status=403 if refused else 400,
-                values=result.values,
-                errors=result.errors,
-                expired=bool(refused),
-            )
+        again = functools.partial(render, request, name, lang)
+        if (refused := app.refusal(request, form, result, again)) is not None:
+            return refused
         now = app.now()
         v = result.values
         if name == "intro":
