@@ -39,6 +39,7 @@ from engine.rendering import Renderer
 from engine.rewards import issue_rewards
 from engine.sequences import BranchStep, NotifyStep, SendStep, Sequence, WaitStep
 from engine.settings import Settings
+from engine.store import engagement
 from engine.store.db import Database, insert_ignore, lock_rows
 from engine.store.models import (
     Contact,
@@ -53,6 +54,8 @@ from engine.windows import SendWindow, next_open
 
 log = logging.getLogger("engine.planner")
 YEAR = timedelta(days=365)
+# An ask the contact clicked or answered (a person, not a link scanner): not ignored.
+ANSWERED = engagement.CLICKED | engagement.REPLIED
 
 BATCH = 1000
 # Events after which every sequence of the contact stops, whatever its stop_when says.
@@ -550,7 +553,7 @@ class Planner:
         enrollment.position, enrollment.step, enrollment.next_at = pos, seq.mark_of(pos), next_at
 
     def ask_history(self, session: Session, contact_ids: set[int], now: datetime) -> AskHistory:
-        """The last 12 months of referral asks of these contacts: two queries for a batch."""
+        """The last 12 months of referral asks of these contacts: one query for a batch."""
         history = AskHistory()
         if not self.ask_steps or not contact_ids:
             return history
@@ -563,25 +566,18 @@ class Planner:
                 Message.sequence_id,
                 Message.step_id,
                 when,
+                Message.engaged,
             ).where(
                 Message.contact_id.in_(contact_ids),
                 Message.status.in_(("queued", "sending", "sent")),
                 when > now - YEAR,
             )
         ).all()
-        asks = [r for r in rows if (r[3], r[4]) in self.ask_steps]
-        for message_id, contact_id, run, _, _, at in asks:
-            history.add(contact_id, run, at, message_id)
-        if asks:
-            history.engaged.update(
-                session.scalars(
-                    select(Event.message_id).where(
-                        Event.message_id.in_([r[0] for r in asks]),
-                        Event.type.in_(("clicked", "replied")),
-                        Event.machine.is_(False),
-                    )
-                )
-            )
+        for message_id, contact_id, run, seq, step, at, mask in rows:
+            if (seq, step) in self.ask_steps:
+                history.add(contact_id, run, at, message_id)
+                if mask & ANSWERED:
+                    history.engaged.add(message_id)
         return history
 
     def ask_fatigue(self, history: AskHistory, enrollment: Enrollment, now: datetime) -> str | None:

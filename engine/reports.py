@@ -2,7 +2,8 @@
 funnel, referral rate, revenue, CAC, LTV and top referrers (README "Metrics" defines each).
 
 Every figure is aggregated in the database (GROUP BY over covering indexes, see
-``ix_messages_report`` and ``ix_events_report``); no query returns a row per email or event.
+``ix_messages_report``, and ``engine.store.engagement`` for what each email's row knows of its
+opens, clicks, replies and bounces); no query returns a row per email or event.
 """
 
 from __future__ import annotations
@@ -24,16 +25,15 @@ from sqlalchemy import (
     cast,
     distinct,
     exists,
-    false,
     func,
     literal,
     or_,
     select,
-    true,
 )
 from sqlalchemy.orm import Session
 
 from engine.sequences import SendStep, Sequence
+from engine.store import engagement
 from engine.store.db import Database
 from engine.store.models import (
     Alert,
@@ -43,9 +43,9 @@ from engine.store.models import (
     Purchase,
     Referral,
     UtcDateTime,
+    placed_on,
 )
 
-ENGAGEMENT = ("opened", "clicked", "replied", "unsubscribed", "bounced", "auto_replied")
 PERIODS = ("week", "month")
 TOP_REFERRERS = 10
 DAYS_PER_YEAR = 365.25
@@ -274,6 +274,14 @@ class _Dialect:
         return func.julianday(column) - 2440587.5
 
 
+def _fold(day: date | str, period: str | None) -> str:
+    """A day's period key, as ``_Dialect.period`` gives it: its ISO week's Monday or month."""
+    on = day if isinstance(day, date) else date.fromisoformat(day)
+    if period == "week":
+        return (on - timedelta(days=on.weekday())).isoformat()
+    return on.strftime("%Y-%m")
+
+
 def _label(key: str, period: str) -> str:
     """``("2026-03-02", "week")`` -> ``"2026-W10"``; a month key is its own label."""
     if period == "month":
@@ -362,60 +370,32 @@ def _keyed(session: Session, query: Executable, period: str | None) -> Iterator[
 def _steps(
     session: Session, sql: _Dialect, window: Window, period: str | None
 ) -> dict[tuple[str | None, str, str], StepRow]:
-    """Step rows keyed by (period key, sequence, step)."""
+    """Step rows keyed by (period key, sequence, step): one pass over ``ix_messages_report``.
+
+    An email is placed in time when it was sent, or written to the outbox if it never was;
+    its opens, clicks, replies and bounces count with it (the emails of March that were
+    opened, whenever they were), so every rate compares emails with the same emails.
+    """
     rows: dict[tuple[str | None, str, str], StepRow] = {}
-
-    def row(key: str | None, seq: str, step: str) -> StepRow:
-        return rows.setdefault((key, seq, step), StepRow(seq, step, period=key))
-
-    # An email is placed in time when it was sent, or written to the outbox if it never was.
     placed = func.coalesce(Message.sent_at, Message.created_at)
-    when = [sql.period(placed, period)] if period else []
-    query = select(*when, Message.sequence_id, Message.step_id, Message.status, func.count())
+    # By day in index order (no sort of every email); days fold into weeks or months here.
+    days = [placed_on(Message.sent_at, Message.created_at)] if period else []
+    query = select(
+        Message.sequence_id, Message.step_id, Message.status, Message.engaged, *days, func.count()
+    )
     if window.bounded:
         query = query.where(window.holds(placed))
-    query = query.group_by(Message.sequence_id, Message.step_id, Message.status, *when)
-    for key, seq, step, status, count in _keyed(session, query, period):
+    query = query.group_by(
+        Message.sequence_id, Message.step_id, Message.status, Message.engaged, *days
+    )
+    for seq, step, status, mask, *day, count in session.execute(query):
+        key = _fold(day[0], period) if period else None
+        target = rows.setdefault((key, seq, step), StepRow(seq, step, period=key))
         attr = STATUS_FIELD.get(status, status)
-        target = row(key, seq, step)
         setattr(target, attr, getattr(target, attr) + count)
-
-    when = [sql.period(Event.occurred_at, period)] if period else []
-    in_window = [window.holds(Event.occurred_at)] if window.bounded else []
-    # Grouped in index order (type, sequence, step, machine): read off ix_events_report alone.
-    engaged = (
-        select(
-            *when,
-            Event.type,
-            Event.sequence_id,
-            Event.step_id,
-            Event.machine,
-            func.count(distinct(Event.message_id)),
-        )
-        .where(Event.type.in_(ENGAGEMENT), Event.message_id.is_not(None), *in_window)
-        .group_by(Event.type, Event.sequence_id, Event.step_id, Event.machine, *when)
-    )
-    for key, type_, seq, step, machine, count in _keyed(session, engaged, period):
-        target = row(key, str(seq), str(step))  # set on every event with a message
-        # Only opens and clicks come from machines; other kinds add up across the flag.
-        attr = f"{type_}_machine" if machine and type_ in ("opened", "clicked") else type_
-        setattr(target, attr, getattr(target, attr) + count)
-
-    # Hard or soft is in the event's data: read for bounces only (few), found by type.
-    hard = func.coalesce(Event.data["hard"].as_boolean(), false())
-    bounces = (
-        select(
-            *when,
-            Event.sequence_id,
-            Event.step_id,
-            *[func.count(distinct(case((hard == v, Event.message_id)))) for v in (true(), false())],
-        )
-        .where(Event.type == "bounced", Event.message_id.is_not(None), *in_window)
-        .group_by(Event.sequence_id, Event.step_id, *when)
-    )
-    for key, seq, step, hard_count, soft_count in _keyed(session, bounces, period):
-        target = row(key, str(seq), str(step))
-        target.hard_bounced, target.soft_bounced = hard_count, soft_count
+        for name, bits in engagement.FIELDS.items():
+            if mask & bits:
+                setattr(target, name, getattr(target, name) + count)
     return rows
 
 

@@ -281,15 +281,17 @@ def test_top_referrers_rank_conversions_then_referrals(program: Project) -> None
     ]
 
 
-def test_by_week_sends_and_events_fall_in_their_iso_week(program: Project) -> None:
+def test_by_week_emails_fall_in_the_iso_week_they_were_sent_with_what_they_got(
+    program: Project,
+) -> None:
     data = report(program, "--period", "week")
     assert data["period"] == "week"
     rows = steps(data)
     w09, w10 = rows[("2026-W09", "ask", "ask")], rows[("2026-W10", "ask", "ask")]
     assert (w09["sent"], w09["opened"], w09["opened_machine"], w09["clicked"]) == (2, 1, 2, 1)
     assert (w09["clicked_machine"], w09["bounced"], w09["ctr"]) == (2, 0, 1.0)
-    # ann's email, opened again on Monday 03-02, is opened in week 10 too
-    assert (w10["sent"], w10["opened"], w10["bounced"], w10["delivered"]) == (2, 2, 1, 1)
+    # ann's email, opened again on Monday 03-02, counts once, in week 9 when it was sent
+    assert (w10["sent"], w10["opened"], w10["bounced"], w10["delivered"]) == (2, 1, 1, 1)
     assert (w10["replied"], w10["unsubscribed"], w10["ctr"]) == (1, 1, 0.0)
     # the queued reminder is placed by when it was written (03-03)
     assert rows[("2026-W10", "ask", "reminder")]["queued"] == 1
@@ -335,7 +337,8 @@ def test_since_and_until_bound_every_figure(program: Project) -> None:
     assert (data["since"], data["until"]) == ("2026-03-02", "2026-03-08")
     rows = steps(data)
     ask = rows[(None, "ask", "ask")]
-    assert (ask["sent"], ask["opened"], ask["opened_machine"], ask["bounced"]) == (2, 2, 0, 1)
+    # cid's and dan's: ann's, opened again on 03-02, was sent before the window
+    assert (ask["sent"], ask["opened"], ask["opened_machine"], ask["bounced"]) == (2, 1, 0, 1)
     funnel = data["referrals"]
     assert (funnel["asked"], funnel["visits"], funnel["referrals"], funnel["converted"]) == (
         3,
