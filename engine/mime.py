@@ -18,7 +18,7 @@ import binascii
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from functools import lru_cache
 
@@ -165,15 +165,12 @@ def build_message(email: OutgoingEmail) -> bytes:
     Feedback-ID or a naive date; never emits an extra header or recipient whatever the names
     and subject hold.
     """
-    from_email = check_address(email.from_email)
+    sender, reply_to = _sender_headers(email.from_name, email.from_email, email.reply_to)
     to_email = check_address(email.to_email)
     boundary = f"=_{secrets.token_hex(12)}"  # "=_" cannot occur in QP or base64 output
-    lines = [
-        _address_header("From", _display_name(email.from_name), from_email),
-        _address_header("To", _display_name(email.to_name), to_email),
-    ]
-    if email.reply_to.strip():
-        lines.append(f"Reply-To: {check_address(email.reply_to)}")
+    lines = [sender, _address_header("To", _display_name(email.to_name), to_email)]
+    if reply_to:
+        lines.append(reply_to)
     lines.append(_subject_header(clean_header_text(email.subject)))
     lines.append(f"Date: {_format_date(email.date)}")
     lines.append(f"Message-ID: {_check_message_id(email.message_id)}")
@@ -189,7 +186,7 @@ def build_message(email: OutgoingEmail) -> bytes:
     lines.append("MIME-Version: 1.0")
     if email.note:
         return b"\r\n".join(
-            ("\r\n".join(lines).encode("ascii"), _text_part("text/plain", email.text))
+            ("\r\n".join(lines).encode("ascii"), b"".join(_text_part("text/plain", email.text)))
         )
     lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
     head = "\r\n".join(lines).encode("ascii")
@@ -200,23 +197,35 @@ def build_message(email: OutgoingEmail) -> bytes:
             b"\r\n\r\nThis is a multi-part message in MIME format.",
             delimiter,
             b"\r\n",
-            _text_part("text/plain", email.text),
+            *_text_part("text/plain", email.text),
             delimiter,
             b"\r\n",
-            _text_part("text/html", email.html),
+            *_text_part("text/html", email.html),
             delimiter,
             b"--\r\n",
         )
     )
 
 
-def _text_part(content_type: str, text: str) -> bytes:
-    """One UTF-8 body part with its headers: 7bit (as it is) when it is ASCII in lines of at
-    most 998 octets, else QP, or base64 when that is shorter (mostly non-ASCII)."""
+@lru_cache(maxsize=64)
+def _sender_headers(from_name: str, from_email: str, reply_to: str) -> tuple[str, str]:
+    """The From line and the Reply-To line ("" without one): the same for every email a sender
+    sends, so built once (ValueError, never cached, for an invalid address)."""
+    sender = _address_header("From", _display_name(from_name), check_address(from_email))
+    if not reply_to.strip():
+        return sender, ""
+    return sender, f"Reply-To: {check_address(reply_to)}"
+
+
+def _text_part(content_type: str, text: str) -> tuple[bytes, bytes]:
+    """One UTF-8 body part: its headers and its body (joined by the caller, one copy of the
+    body less): 7bit (as it is) when it is ASCII in lines of at most 998 octets, else QP, or
+    base64 when that is shorter (mostly non-ASCII)."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     data = text.encode("utf-8")
-    if data.isascii() and "\0" not in text and _short_lines(data):
+    # str.isascii reads a flag of the string; bytes.isascii reads every byte.
+    if text.isascii() and "\0" not in text and _short_lines(data):
         # Most English emails: nothing to encode, and every relay passes 7bit unchanged
         # (a line starting with "." is the SMTP layer's to stuff, see transport.wire_data).
         body = data.replace(b"\n", b"\r\n")
@@ -230,16 +239,16 @@ def _text_part(content_type: str, text: str) -> bytes:
     else:
         body = _quoted_printable(data)
         encoding = b"quoted-printable"
-    return b"".join(
+    head = b"".join(
         (
             b"Content-Type: ",
             content_type.encode("ascii"),
             b'; charset="utf-8"\r\nContent-Transfer-Encoding: ',
             encoding,
             b"\r\n\r\n",
-            body,
         )
     )
+    return head, body
 
 
 def _short_lines(data: bytes) -> bool:
@@ -249,8 +258,10 @@ def _short_lines(data: bytes) -> bool:
     20 kB email, where splitting it into lines costs ten times more.
     """
     pos = 0
-    while len(data) - pos > MAX_LINE:
-        end = data.rfind(b"\n", pos, pos + MAX_LINE + 1)
+    last = len(data) - MAX_LINE  # a line starting before this may be too long
+    rfind = data.rfind
+    while pos < last:
+        end = rfind(b"\n", pos, pos + MAX_LINE + 1)
         if end < 0:
             return False
         pos = end + 1
@@ -385,16 +396,24 @@ def _fold_list(prefix: str, items: list[str], separator: str = "") -> str:
 
 
 def _format_date(date: datetime) -> str:
-    if date.tzinfo is None or date.utcoffset() is None:
+    offset = date.utcoffset()  # None for a naive datetime
+    if offset is None:
         raise ValueError("email date must be timezone-aware")
-    return _date_header(date.replace(microsecond=0), date.utcoffset())
+    return _date_header(
+        date.year, date.month, date.day, date.hour, date.minute, date.second, offset
+    )
 
 
 @lru_cache(maxsize=8)
-def _date_header(date: datetime, offset: timedelta | None) -> str:
-    # Emails sent in the same second share the text (format_datetime costs ~5 us). The offset
-    # is part of the key: aware datetimes of one instant are equal whatever their zone.
-    return format_datetime(date)
+def _date_header(
+    year: int, month: int, day: int, hour: int, minute: int, second: int, offset: timedelta
+) -> str:
+    # Emails sent in the same second share the text (format_datetime costs ~5 us). The key is
+    # the wall clock and its offset, which is all the header shows (hashing an aware datetime
+    # costs as much as formatting it; and two of one instant are equal whatever their zone).
+    return format_datetime(
+        datetime(year, month, day, hour, minute, second, tzinfo=timezone(offset))
+    )
 
 
 def _check_message_id(value: str) -> str:

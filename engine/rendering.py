@@ -13,10 +13,12 @@ Compile (once per template file, cached by path + mtime + size, and the files it
    links are tracked by the template itself: a static http(s) URL becomes a filter call that
    writes this email's click-tracking URL, an href built per recipient is wrapped in a filter
    block that decides on the rendered value; a template that may write links of its own
-   (``|safe``, ``{% autoescape false %}`` ...) has its output scanned instead;
+   (``|safe``, ``{% autoescape false %}`` ...) has its output scanned instead. The HTML gets
+   line breaks where they render as nothing, as few as keep it in SMTP's lines;
 4. the plain-text part is the ``.txt`` twin when there is one, else text derived from that HTML
    (paragraphs, "text (url)" links) that keeps every Jinja statement in the HTML's order, also
-   a Jinja template.
+   a Jinja template. In both parts ``sender.<name>`` is written in as the constant it is for
+   the renderer, and Jinja folds what is built from it.
 
 Render (per recipient) is Jinja only: HTML (autoescaped), text and subject (not escaped), bare
 URLs of the text part pointed at the click tracker, then the footer (postal address,
@@ -40,14 +42,14 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from functools import wraps
+from functools import lru_cache, wraps
 from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
 from types import MethodType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import mjml
 from jinja2 import (
@@ -69,6 +71,7 @@ from jinja2.nodes import EvalContext
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Cycler, Joiner, Namespace, missing
+from jinja2.visitor import NodeTransformer
 from markupsafe import escape
 
 from engine.errors import RenderTimeout, TemplateError
@@ -164,9 +167,23 @@ def _range(*args: int) -> range:
     return rng
 
 
-def _guard(iterable: Iterable[Any]) -> Iterator[Any]:
-    """Wraps every ``{% for %}`` iterable: nested or long loops run into the deadline."""
+_SIZED = frozenset({list, tuple, range})
+
+
+def _guard(iterable: Iterable[Any]) -> Iterable[Any]:
+    """Wraps every ``{% for %}`` iterable: nested or long loops run into the deadline.
+
+    A list, tuple or range shorter than the check interval is looped over as it is: its start is
+    checked, as every 256th item of a longer one is, and a generator per loop costs as much as
+    the loop body (the lines of a ready-made introduction, the 11 NPS scores).
+    """
     _tick()
+    if type(iterable) in _SIZED and len(cast(Sized, iterable)) <= 0xFF:
+        return iterable
+    return _guarded(iterable)
+
+
+def _guarded(iterable: Iterable[Any]) -> Iterator[Any]:
     for n, item in enumerate(iterable, 1):
         if not n & 0xFF:
             _tick()
@@ -276,13 +293,23 @@ class _GuardedCodeGenerator(CodeGenerator):
 
 
 def _escape_output(value: Any) -> Any:
-    """What ``{{ value }}`` writes in HTML: markupsafe's escape, except that a str with nothing
-    to escape (names, URLs: most values) is written as it is instead of copied into a Markup."""
-    if value.__class__ is str and not (
-        "&" in value or "<" in value or ">" in value or '"' in value or "'" in value
-    ):
-        return value
-    return escape(value)
+    """What ``{{ value }}`` writes in HTML: markupsafe's escape, except that a str is escaped
+    by str.replace, as plain text: one with nothing to escape (names, URLs: most values) is
+    written as it is, and a long one with a few characters to escape (a mailto: link's "&")
+    takes half the time, without a copy into a Markup."""
+    if value.__class__ is not str:
+        return escape(value)
+    if "&" in value:
+        value = value.replace("&", "&amp;")
+    if "<" in value:
+        value = value.replace("<", "&lt;")
+    if ">" in value:
+        value = value.replace(">", "&gt;")
+    if '"' in value:
+        value = value.replace('"', "&#34;")
+    if "'" in value:
+        value = value.replace("'", "&#39;")
+    return value
 
 
 class _Undefined(StrictUndefined):
@@ -302,9 +329,9 @@ _URL_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123
 _URL_QUOTED = [chr(b) if b in _URL_SAFE else f"%{b:02X}" for b in range(256)]
 
 
-# The same for ASCII text in one str.translate (C): a ready-made intro in a mailto: link is
-# ~1 kB, encoded for every recipient.
-_URL_ASCII = {b: f"%{b:02X}" for b in range(128) if b not in _URL_SAFE}
+# The same for ASCII text in one str.translate (C), from a table indexed by code point: about
+# twice as fast as from a dict, which translate looks up with a new int per character.
+_URL_ASCII = tuple(_URL_QUOTED[:128])
 
 
 def _urlencode(value: Any) -> str:
@@ -313,6 +340,41 @@ def _urlencode(value: Any) -> str:
             return value.translate(_URL_ASCII)
         return "".join(map(_URL_QUOTED.__getitem__, value.encode("utf-8")))
     return do_urlencode(value)  # dicts, pairs and other types: Jinja's own rules
+
+
+# links.mailto encodes a ready-made email (~1 kB) for every recipient, yet most of its lines are
+# the same for all of them: each line's encoding is kept (least recently used out), so only the
+# lines holding contact data are encoded again. Longer lines are not kept (memory).
+_MAILTO_KEPT_LINE = 1_000  # characters
+
+
+@lru_cache(maxsize=512)
+def _urlencode_kept(line: str) -> str:
+    return _urlencode(line)
+
+
+def _mailto_value(value: Any) -> str:
+    """One value of a mailto: link, percent-encoded (UTF-8, "/" kept)."""
+    text = str(value)  # as Jinja's filters do; an undefined value raises
+    return _urlencode_kept(text) if len(text) <= _MAILTO_KEPT_LINE else _urlencode(text)
+
+
+def _mailto_body(body: Any) -> str:
+    """A mailto: body, percent-encoded: the lines of a list (or of a text) joined with CRLF,
+    the line break RFC 6068 asks for. ``["Hi,", "", "Ana"]`` -> ``"Hi%2C%0D%0A%0D%0AAna"``"""
+    text = body.replace("\r\n", "\n").split("\n") if isinstance(body, str) else body
+    lines = list(map(str, text))  # as Jinja's join does; an undefined value raises
+    # Checked before encoding (which only makes it longer), as join() is, and after.
+    if sum(map(len, lines)) + len(lines) > MAX_OUTPUT_CHARS:
+        raise _too_big("a mailto: body")
+    if max(map(len, lines), default=0) <= _MAILTO_KEPT_LINE:
+        encoded = "%0D%0A".join(map(_urlencode_kept, lines))
+    else:
+        encoded = "%0D%0A".join(map(_mailto_value, lines))
+    return _capped(encoded)
+
+
+_DICT_ATTRIBUTES = frozenset(dir(dict))
 
 
 class Sandbox(ImmutableSandboxedEnvironment):
@@ -366,6 +428,8 @@ class Sandbox(ImmutableSandboxedEnvironment):
             value = obj.get(attribute, missing)
             if value is not missing:
                 return value
+            if attribute not in _DICT_ATTRIBUTES:  # what the sandbox finds, minus two raises
+                return self.undefined(obj=obj, name=attribute)
         elif type(obj) is TemplateLinks and not attribute.startswith("_"):
             return getattr(obj, attribute)
         return super().getattr(obj, attribute)
@@ -402,14 +466,18 @@ def _render_part(template: Template, variables: dict[str, Any]) -> list[str]:
     parts: list[str] = []
     append = parts.append
     size = 0
+    env = template.environment
     try:
-        for chunk in template.root_render_func(template.new_context(variables, shared=True)):
+        # What template.new_context(variables, shared=True) makes, without going through
+        # the template's ChainMap of globals (a third of the cost of a short part).
+        context = env.context_class(env, variables, template.name, template.blocks, env.globals)
+        for chunk in template.root_render_func(context):
             size += len(chunk)
             if size > MAX_OUTPUT_CHARS:
                 raise _too_big("the rendered output")
             append(chunk)
     except Exception:
-        template.environment.handle_exception()  # re-raises, traceback in template lines
+        env.handle_exception()  # re-raises, traceback in template lines
     return parts
 
 
@@ -852,16 +920,50 @@ _BREAK_AFTER = re.compile(
     r"\b[^<>]*>|<!\[endif\]-->|<!--\[if [^\]<>]*\]>)(?=<)",
     re.I,
 )
-# A tag this long (a mailto: link with a whole ready-made introduction) also gets a line
-# break between its attributes, where HTML allows any whitespace.
-_LONG_TAG = re.compile(r"<[a-zA-Z][^<>]{400,}>")
+# The HTML part uses only as many of those breaks as keep lines of fixed HTML within this many
+# characters (each line break costs the MIME builder a CR per email); a stretch with a value
+# written per recipient, of a length unknown here (a link, tracked per recipient, is one), is a
+# line of its own.
+_LINE_BUDGET = 800
+# A long tag, or one with a value written per recipient (a mailto: link holding a whole
+# ready-made introduction), also gets a line break between its attributes, where HTML allows
+# any whitespace.
+_START_TAG = re.compile(r"<[a-zA-Z][^<>]*>")
+_LONG_TAG_CHARS = 400
 _ATTRIBUTE_GAP = re.compile(r'"[ \t]+(?=[\w:-]+=")')
 
 
-def _break_lines(html: str) -> str:
-    """``html`` with line breaks where they render as nothing (see _BREAK_AFTER)."""
-    html = _BREAK_AFTER.sub("\\1\n", html)
-    return _LONG_TAG.sub(lambda tag: _ATTRIBUTE_GAP.sub('"\n', tag[0]), html)
+def _break_lines(html: str, per_recipient: str, budget: int = _LINE_BUDGET) -> str:
+    """``html`` with line breaks where they render as nothing (see _BREAK_AFTER): lines of
+    fixed HTML up to ``budget`` characters (0: a break at every place); ``per_recipient`` is
+    the placeholders' prefix."""
+
+    def attributes(m: re.Match[str]) -> str:
+        tag = m[0]
+        if len(tag) < _LONG_TAG_CHARS and per_recipient not in tag:
+            return tag
+        return _ATTRIBUTE_GAP.sub('"\n', tag)
+
+    html = _START_TAG.sub(attributes, html)
+    pieces: list[str] = []
+    width = 0  # characters on the line being written
+    after_value = False
+    pos = 0
+    for cut in [*(m.end() for m in _BREAK_AFTER.finditer(html)), len(html)]:
+        piece = html[pos:cut]
+        value = per_recipient in piece or "<a" in piece
+        first_line = piece.find("\n")
+        if pieces and (
+            value or after_value or width + (len(piece) if first_line < 0 else first_line) > budget
+        ):
+            pieces.append("\n")
+            width = 0
+        pieces.append(piece)
+        last_break = piece.rfind("\n")
+        width = width + len(piece) if last_break < 0 else len(piece) - last_break - 1
+        after_value = value
+        pos = cut
+    return "".join(pieces)
 
 
 _HREF_ANY_CASE = re.compile(r"(?<![\w-])href(?=\s*=)", re.I)
@@ -997,6 +1099,29 @@ class TemplateLinks:
             url = self._memo[key] = self._links.nps(self._ref, score)
         return url
 
+    def mailto(self, *, cc: Any = None, subject: Any = None, body: Any = None) -> str:
+        """A ``mailto:`` link that opens a ready-made email; the reader adds the recipient.
+
+        Each field is percent-encoded (UTF-8), so no value can add a field or leave the link;
+        ``body`` may be a list of lines (joined with CRLF). Empty fields are left out.
+        ``mailto(cc="team@acme.example", subject="Meet Acme", body=["Hi,", "", "Ana"])`` ->
+        ``"mailto:?cc=team%40acme.example&subject=Meet%20Acme&body=Hi%2C%0D%0A%0D%0AAna"``
+        """
+        fields = []
+        if _given(cc):
+            fields.append("cc=" + _mailto_value(cc))
+        if _given(subject):
+            fields.append("subject=" + _mailto_value(subject))
+        if _given(body):
+            fields.append("body=" + _mailto_body(body))
+        return "mailto:?" + "&".join(fields) if fields else "mailto:"
+
+
+def _given(value: Any) -> bool:
+    """A mailto: field to write: not None, not an empty text or list (an undefined value is
+    given: writing it raises)."""
+    return value is not None and not (isinstance(value, str | list | tuple) and not value)
+
 
 # --- compiled templates ---------------------------------------------------------------------
 
@@ -1034,6 +1159,40 @@ def _template_location(exc: BaseException, files: Mapping[str, _SourceFile]) -> 
             found = (filename, files[filename].original_line(tb.tb_lineno))
         tb = tb.tb_next
     return found
+
+
+def _reassigns(ast: nodes.Template, name: str) -> bool:
+    """Does the template give ``name`` (a context variable) a value of its own (set, for,
+    with, macro arguments, import ... as)? Then ``{{ name.x }}`` may be anything."""
+    if any(n.name == name and n.ctx != "load" for n in ast.find_all(nodes.Name)):
+        return True
+    if any(i.target == name for i in ast.find_all(nodes.Import)):
+        return True
+    return any(
+        (alias[1] if isinstance(alias, tuple) else alias) == name
+        for i in ast.find_all(nodes.FromImport)
+        for alias in i.names
+    )
+
+
+class _SenderConstants(NodeTransformer):
+    """``sender.<name>`` -> the constant it is for a renderer (see Renderer._compile_jinja)."""
+
+    def __init__(self, sender: Mapping[str, str], env: Environment) -> None:
+        self._sender = sender
+        self._env = env
+
+    def visit_Getattr(self, node: nodes.Getattr) -> nodes.Node:
+        target = node.node
+        if (
+            isinstance(target, nodes.Name)
+            and target.name == "sender"
+            and node.ctx == "load"
+            and node.attr in self._sender
+        ):
+            const = nodes.Const(self._sender[node.attr], lineno=node.lineno)
+            return const.set_environment(self._env)
+        return self.generic_visit(node)
 
 
 class _Restorer:
@@ -1339,8 +1498,9 @@ class Renderer:
             return
 
         # 4. back to Jinja: one template per direction, plus the text part
-        compiled_html = _LINK_TAG_ANY_CASE.sub(_lower_link_tag, compiled_html)
-        compiled_html = _break_lines(compiled_html)
+        lowered = _LINK_TAG_ANY_CASE.sub(_lower_link_tag, compiled_html)
+        per_recipient = self._placeholder.partition("{")[0]
+        compiled_html = _break_lines(lowered, per_recipient)
         lang_ph = self._placeholder.format(len(tags))
         with_lang = [*tags, _Tag("{{ lang }}", main, 0, 0, False)]
         restore = _Restorer(with_lang, self._placeholder_re)
@@ -1352,7 +1512,7 @@ class Renderer:
         # Links are tracked in the template itself unless it may write links of its own.
         slotted = None
         if not self._writes_markup(ast, tags):
-            slotted = self._slot_links(compiled_html, with_lang)
+            slotted = self._slot_links(compiled_html, with_lang, _reassigns(ast, "links"))
         c.scan = slotted is None
         markup, restore_html = slotted or (compiled_html, restore)
         c.html = self._compile_jinja(
@@ -1362,17 +1522,20 @@ class Renderer:
         if twin.is_file():
             c.text_name = twin.relative_to(self.templates_dir).as_posix()
             try:
-                c.text = self._text_env.get_template(c.text_name)
+                twin_source = twin.read_text(encoding="utf-8")
+                c.text = self._compile_jinja(self._text_env, twin_source, twin)
+            except OSError as exc:  # removed or unreadable since it was looked at
+                problem(str(twin), 1, 1, f"cannot read the text part: {exc}")
+                return
             except TemplateSyntaxError as exc:
                 problem(str(twin), exc.lineno, 1, f"Jinja syntax error: {exc.message}")
                 return
-            except TemplateNotFound as exc:
-                problem(str(twin), 1, 1, f"included template {exc.name!r} not found")
-                return
-            self._lint_names(c, str(twin), twin.read_text(encoding="utf-8"), self._text_env)
+            self._lint_names(c, str(twin), twin_source, self._text_env)
         else:
             c.text_name = f"{c.name} (text)"
-            derived = self._derive_text(compiled_html, tags)
+            # From the HTML with a break at every place, as the text has always been derived
+            # (a break between two cells is a space in the text).
+            derived = self._derive_text(_break_lines(lowered, per_recipient, 0), tags)
             if isinstance(derived, int):
                 at(
                     derived,
@@ -1397,13 +1560,16 @@ class Renderer:
             or any(_RAW_TAG.match(t.text) and "<a" in t.text.lower() for t in tags)
         )
 
-    def _slot_links(self, markup: str, tags: Sequence[_Tag]) -> tuple[str, _Restorer] | None:
+    def _slot_links(
+        self, markup: str, tags: Sequence[_Tag], links_reassigned: bool
+    ) -> tuple[str, _Restorer] | None:
         """``markup`` (compiled HTML with placeholders) with its links tracked by Jinja itself,
         and the restorer that knows the tags this adds; None when a link is out of reach.
 
         A static http(s) href becomes ``{{ "<url>" | _engine_click }}`` (decoded once, here);
         one built per recipient is wrapped in ``{% filter _engine_href %}``, which decides on
-        the rendered value. Others (mailto:, tel:, #, ours) stay as they are.
+        the rendered value. Others (mailto:, tel:, #, ours, and an href that is one
+        ``{{ links.* }}`` value unless the template assigns ``links``) stay as they are.
         """
         tags = list(tags)
         out: list[str] = []
@@ -1435,6 +1601,9 @@ class Renderer:
                 prefix = core[: first.start()]
                 if not (prefix.startswith(_HTTP) or any(h.startswith(prefix) for h in _HTTP)):
                     continue
+                whole = first.span() == (0, len(core))
+                if whole and not links_reassigned and self._is_links_value(tags[int(first[1])]):
+                    continue
                 if any(tags[int(m.group(1))].block for m in self._placeholder_re.finditer(core)):
                     return None  # a block tag inside an href: leave it to the output scan
                 out += (
@@ -1446,6 +1615,23 @@ class Renderer:
             pos = end
         out.append(markup[pos:])
         return "".join(out), _Restorer(tags, self._placeholder_re)
+
+    def _is_links_value(self, tag: _Tag) -> bool:
+        """Is ``tag`` one ``{{ links.name }}`` or ``{{ links.name(...) }}``? Those URLs are ours
+        or mailto: links (TemplateLinks), never click-tracked: no filter block is needed."""
+        if not tag.text.startswith("{{"):
+            return False
+        body = self._html_env.parse(tag.text).body
+        if len(body) != 1 or not isinstance(body[0], nodes.Output) or len(body[0].nodes) != 1:
+            return False
+        expr = body[0].nodes[0]
+        if isinstance(expr, nodes.Call):
+            expr = expr.node
+        return (
+            isinstance(expr, nodes.Getattr)
+            and isinstance(expr.node, nodes.Name)
+            and expr.node.name == "links"
+        )
 
     def _derive_text(self, compiled_html: str, tags: Sequence[_Tag]) -> str | int:
         """The text part (with placeholders) derived from ``compiled_html``, or the index of the
@@ -1492,9 +1678,14 @@ class Renderer:
         t = tags[int(tag.group(1))]
         problem(t.path, t.line, t.col, f"MJML cannot place this Jinja tag here: {message}")
 
-    @staticmethod
-    def _compile_jinja(env: Environment, source: str, path: Path) -> Template:
-        code = env.compile(source, path.name, str(path))
+    def _compile_jinja(self, env: Environment, source: str, path: Path) -> Template:
+        """``source`` compiled, ``sender.<name>`` written in as the constant it is for this
+        renderer (unless the template names something else ``sender``): Jinja then folds what
+        is built from it (``"You should meet " ~ sender.from_name``) once, here."""
+        ast = env.parse(source, path.name, str(path))
+        if not _reassigns(ast, "sender"):
+            ast = _SenderConstants(self._sender, env).visit(ast)
+        code = env.compile(ast, path.name, str(path))
         return env.template_class.from_code(env, code, env.make_globals(None))
 
     @staticmethod
@@ -1693,6 +1884,16 @@ class Renderer:
     def _track_text(self, text: str, clicks: _Clicks) -> str:
         """Bare http(s) URLs in the text part go through the click tracker too."""
         links = self.links
+        ours = links.base_url + "/"
+        # Most text parts only hold our own URLs (links.*), which stay as they are: when every
+        # "http" starts one of them (C counts, a few times faster than the scan), nothing
+        # changes. Our prefix must then be one URL to the scan, with a single "http".
+        if (
+            text.count("http") == text.count(ours)
+            and ours.count("http") == 1
+            and _TEXT_URL.fullmatch(ours)
+        ):
+            return text
 
         def swap(m: re.Match[str]) -> str:
             before = text[m.start() - 1] if m.start() else " "

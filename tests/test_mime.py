@@ -8,6 +8,7 @@ import email.policy
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
+from email.utils import format_datetime
 from typing import Any
 
 import pytest
@@ -276,6 +277,21 @@ def test_date_keeps_its_offset() -> None:
     message = parse(build_message(outgoing(date=jakarta)))
     assert message["Date"].endswith("+0700")
     assert message["Date"].datetime == SENT_AT
+
+
+@given(st.datetimes(timezones=st.timezones()))
+def test_date_is_the_wall_clock_of_any_zone_to_the_second(date: datetime) -> None:
+    # Equal instants in two zones, or two times in one second, must not share a cached text.
+    lines = header_lines(build_message(outgoing(date=date)))
+    assert f"Date: {format_datetime(date.replace(microsecond=0))}" in lines
+
+
+def test_each_sender_gets_its_own_from_line() -> None:
+    lines = header_lines(build_message(outgoing()))
+    assert {"From: Acme Team <team@acme.example>", "Reply-To: hello@acme.example"} <= set(lines)
+    lines = header_lines(build_message(outgoing(from_name="Bo", reply_to="")))
+    assert "From: Bo <team@acme.example>" in lines
+    assert not any(line.startswith("Reply-To:") for line in lines)
 
 
 @pytest.mark.parametrize(

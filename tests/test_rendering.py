@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import html
 import re
 import time
+import urllib.parse
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,8 @@ from hypothesis import strategies as st
 from markupsafe import Markup
 
 from engine.errors import RenderTimeout, TemplateError
-from engine.rendering import Rendered, Renderer, Sandbox, TemplateProblem
+from engine.mime import OutgoingEmail, build_message
+from engine.rendering import Rendered, Renderer, Sandbox, TemplateLinks, TemplateProblem
 from engine.sequences import SendStep, Sequence, load_sequences
 from engine.settings import SenderSettings
 from engine.tokens import Links, Signer, Token
@@ -210,6 +215,9 @@ HOSTILE = {
     "{% endmacro %}{{ f(60) }}",
     "output flood": "{% set s = 'x' * 999999 %}{% for i in range(1000) %}{{ s }}{% endfor %}",
     "replace bomb": "{% set s = 'x' * 99999 %}{{ s|replace('x', s) }}",
+    # short loops are not wrapped in a checking generator: each one's start is checked
+    "nested short loops": "{% for a in range(255) %}{% for b in range(255) %}"
+    "{% for c in [1, 2, 3] * 85 %}{% endfor %}{% endfor %}{% endfor %}",
 }
 
 
@@ -444,6 +452,178 @@ def test_sender_is_in_the_context(templates: Path, renderer: Renderer) -> None:
         mjml("<mj-text>{{ sender.from_name }} / {{ sender.postal_address }}</mj-text>"),
     )
     assert f"Acme Team / {POSTAL}" in render(renderer).text
+
+
+def test_an_href_from_links_is_tracked_unless_the_template_assigns_links(
+    templates: Path, renderer: Renderer, signer: Signer
+) -> None:
+    # {{ links.x }} is ours or a mailto: link, written as it is; a template's own "links" may
+    # hold anything, so its links are tracked as any value built per recipient.
+    write(
+        templates,
+        "ask.mjml",
+        mjml(
+            '<mj-raw>{% set links = {"home": "https://example.com/home"} %}</mj-raw>'
+            '<mj-text><a href="{{ links.home }}">Home</a></mj-text>'
+        ),
+    )
+    (tracked,) = [h for h in hrefs(render(renderer).html) if h.startswith(f"{BASE}/c/")]
+    assert verified(signer, tracked).url == "https://example.com/home"
+
+
+def test_sender_values_are_written_in_once_and_escaped_in_html_only(
+    templates: Path, signer: Signer
+) -> None:
+    sender = SenderSettings(from_name='Ann & Co <"A">', reply_to="ann@example.com")
+    renderer = Renderer(templates, links=Links(BASE, signer), sender=sender, reload_interval=0)
+    body = (
+        "<mj-raw>{% set intro = 'Meet ' ~ sender.from_name %}</mj-raw>"
+        "<mj-text>{{ sender.from_name }} / {{ intro }} / {{ sender.reply_to | upper }}</mj-text>"
+    )
+    write(templates, "ask.mjml", mjml(body))
+    write(templates, "ask.txt", "{{ sender.from_name }} / {{ sender.postal_address }}\n")
+    out = render(renderer)
+    name = "Ann &amp; Co &lt;&#34;A&#34;&gt;"
+    assert f"{name} / Meet {name} / ANN@EXAMPLE.COM" in out.html
+    assert out.text.startswith(f'Ann & Co <"A"> / {sender.postal_address}\n')
+    # a template's own "sender" is its own
+    write(
+        templates,
+        "own.mjml",
+        mjml(
+            "<mj-raw>{% set sender = {'from_name': 'Bo'} %}</mj-raw>"
+            "<mj-text>From {{ sender.from_name }}</mj-text>"
+        ),
+    )
+    assert "From Bo" in render(renderer, "own.mjml").text
+    write(templates, "names.txt", '{% set from_name = "Imported Co" %}')
+    write(templates, "own.txt", '{% import "names.txt" as sender %}From {{ sender.from_name }}\n')
+    assert render(renderer, "own.mjml").text.startswith("From Imported Co\n")
+
+
+# --- ready-made emails: links.mailto ---------------------------------------------------------
+
+
+def mailto_fields(href: str) -> dict[str, str]:
+    """The fields of a mailto: link as a mail app reads them (percent-decoded UTF-8)."""
+    parts = urllib.parse.urlsplit(href)
+    assert parts.scheme == "mailto" and parts.path == "" and parts.fragment == ""
+    fields = urllib.parse.parse_qs(parts.query, keep_blank_values=True, errors="strict")
+    assert all(len(values) == 1 for values in fields.values()), fields  # no field added
+    return {name: values[0] for name, values in fields.items()}
+
+
+INTRO = (
+    '<mj-button href="{{ links.mailto(cc=sender.reply_to, subject="Meet " ~ sender.from_name, '
+    'body=["Hi,", "", "Meet us: " ~ links.referral, contact.first_name]) }}">Send</mj-button>'
+)
+
+
+def test_mailto_opens_a_ready_made_email(templates: Path, renderer: Renderer) -> None:
+    write(templates, "ask.mjml", mjml(INTRO))
+    out = render(renderer)
+    (href,) = [h for h in hrefs(out.html) if h.startswith("mailto:")]  # never click-tracked
+    assert href.startswith("mailto:?cc=team%40example.com&subject=Meet%20Acme%20Team&body=Hi%2C")
+    assert mailto_fields(href) == {
+        "cc": SENDER.reply_to,
+        "subject": "Meet Acme Team",
+        "body": f"Hi,\r\n\r\nMeet us: {BASE}/r/ANA42\r\nAna",
+    }
+    assert "&amp;subject=" in out.html  # the link is escaped in the attribute
+
+
+HOSTILE_NAMES = [
+    '"><script>alert(1)</script>',
+    "Ana&bcc=evil@example.com&body=x",
+    "Ana\r\nBcc: evil@example.com",
+    "Ana?cc=evil@example.com#frag",
+    "Ana%0D%0ABcc:%20x 50%",
+    "أنا ☃ 𝔸",
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_contact_data_cannot_leave_a_mailto_link(
+    templates: Path, renderer: Renderer, name: str
+) -> None:
+    write(templates, "ask.mjml", mjml(INTRO))
+    out = render(renderer, first_name=name)
+    assert "<script>" not in out.html
+    (href,) = [h for h in hrefs(out.html) if h.startswith("mailto:")]
+    fields = mailto_fields(href)
+    assert set(fields) == {"cc", "subject", "body"}
+    assert fields["body"].endswith(f"\r\n{name}")
+
+
+@given(
+    subject=st.text(st.characters(codec="utf-8")),
+    lines=st.lists(st.text(st.characters(codec="utf-8")), max_size=4),
+)
+def test_mailto_fields_are_percent_encoded_whatever_they_hold(
+    subject: str, lines: list[str]
+) -> None:
+    links = TemplateLinks(Links(BASE, Signer("test-secret")), REF, "ANA42")
+    href = links.mailto(cc="team@acme.example", subject=subject, body=lines)
+    assert href.isascii() and not set(href) & set(" \"'<>\r\n#\\")
+    expected = {"cc": "team@acme.example"}
+    if subject:
+        expected["subject"] = subject
+    if lines:
+        expected["body"] = "\r\n".join(lines)
+    assert mailto_fields(href) == expected
+    # a text body's own line breaks become CRLF, as RFC 6068 asks
+    assert links.mailto(body="a\nb\r\nc") == "mailto:?body=a%0D%0Ab%0D%0Ac"
+    assert links.mailto() == "mailto:"
+
+
+def test_mailto_keeps_the_sandbox_rules(templates: Path, make: Callable[..., Renderer]) -> None:
+    write(templates, "ask.mjml", mjml("<mj-text>{{ links.mailto(body=[contact.nick]) }}</mj-text>"))
+    with pytest.raises(TemplateError, match="'nick' is undefined"):
+        render(make())
+    write(
+        templates,
+        "big.mjml",
+        mjml("<mj-text>{{ links.mailto(body=['x' * 1000000, 'y' * 1000000]) }}</mj-text>"),
+    )
+    with pytest.raises(RenderTimeout, match="over the render budget"):
+        render(make(), "big.mjml")
+
+
+def test_html_lines_fit_smtp_so_an_english_email_goes_out_as_it_is(
+    templates: Path, renderer: Renderer
+) -> None:
+    # The compiled HTML is broken into lines where a break renders as nothing, with values
+    # written per recipient (here a whole ready-made email) on lines of their own.
+    intro = "I recommend Acme: they answer quickly and do what they say. " * 8
+    body = (
+        ("<mj-text>" + "Fixed text. " * 50 + "</mj-text>") * 4
+        + INTRO.replace('"Hi,", ""', f'"Hi,", "", "{intro}"')
+        + "<mj-text>Hi {{ contact.first_name }}</mj-text>" * 20
+    )
+    write(templates, "ask.mjml", mjml(body))
+    out = render(renderer, first_name="Ana Maria " * 10)
+    assert max(len(line.encode()) for line in out.html.split("\n")) <= 998
+    message = email.message_from_bytes(
+        build_message(
+            OutgoingEmail(
+                message_id="<a@example.com>",
+                from_name="Acme",
+                from_email="team@example.com",
+                reply_to="",
+                to_name="Ana",
+                to_email="ana@example.com",
+                subject=out.subject,
+                html=out.html,
+                text=out.text,
+                date=datetime(2026, 3, 2, 10, 0, tzinfo=UTC),
+                list_unsubscribe_url=f"{BASE}/u/x",
+            )
+        ),
+        policy=email.policy.default,
+    )
+    html_part = message.get_body(("html",))
+    assert html_part is not None and html_part["Content-Transfer-Encoding"] == "7bit"
+    assert html_part.get_content().replace("\r\n", "\n") == out.html
 
 
 # --- the text part ----------------------------------------------------------------------------
@@ -752,3 +932,29 @@ def test_every_shipped_template_renders(shipped: Renderer, path: Path, minimal: 
         assert (GIFT in out.html, GIFT in out.text) == (gift_shown, gift_shown)
         if "referral.friend_name" in source:
             assert "Mia" in out.html and "Mia" in out.text
+
+
+@pytest.mark.parametrize("locale", ["en", "id", "ar"])
+def test_referral_ask_sends_the_introduction_it_shows(shipped: Renderer, locale: str) -> None:
+    # The "Send this introduction" link carries what the quoted box shows (the text part
+    # quotes the same lines), whatever the contact's name holds.
+    for name in ["Ana", *HOSTILE_NAMES]:
+        ctx = {"contact": {**FULL_CONTACT, "first_name": name}, "referral": None, "reward": None}
+        out = shipped.render("referral-ask.mjml", "", ctx, locale=locale, ref=REF)
+        assert "<script>" not in out.html
+        (href,) = [h for h in hrefs(out.html) if h.startswith("mailto:")]
+        fields = mailto_fields(href)
+        assert fields["cc"] == SENDER.reply_to
+        assert fields["body"].endswith(f"\r\n{name}") and f"{BASE}/r/ANA42" in fields["body"]
+        if name == "Ana":
+            quoted = [line[1:].lstrip(" ") for line in out.text.splitlines() if line[:1] == ">"]
+            assert quoted[0].endswith(fields["subject"])
+            assert quoted[2:] == fields["body"].split("\r\n")
+
+
+@pytest.mark.parametrize("advocate", [False, True])
+def test_referral_ask_text_keeps_its_paragraphs(shipped: Renderer, advocate: bool) -> None:
+    contact = {**FULL_CONTACT, **({"advocate": True} if advocate else {})}
+    ctx = {"contact": contact, "referral": None, "reward": None}
+    text = shipped.render("referral-ask.mjml", "", ctx, locale="en", ref=REF).text
+    assert "\n\nSo here is a specific question" in text
