@@ -5,10 +5,11 @@ pixel, so each one must become an ``opened`` row (nothing is deduplicated). Bare
 app with one route returning the same 43-byte GIF and recording nothing, served by uvicorn the
 same way (one process, same event loop and HTTP parser). The load generator is a third process:
 asyncio (uvloop when installed) with N keep-alive connections on loopback, one request in flight
-per connection. The servers take turns (bare, app, bare, app ...), so each has one core while
-the load generator has the other; the ratio uses the medians. The servers' CPU time per
-request (all threads: the app's batched writes included) is printed too. After each app round
-the server gets SIGTERM and the number of rows written is checked against the requests sent.
+per connection. The servers take turns (bare then app, app then bare, ...), so each has one
+core while the load generator has the other; the ratio uses the medians, and each round's own
+ratio is printed. So is the servers' CPU time per request (all threads: the app's batched
+writes included, its event loop's share apart). After each app round the server gets SIGTERM
+and the number of rows written is checked against the requests sent.
 Prints figures only: nothing here asserts a timing.
 
 Run: .venv/bin/python bench/track.py [REQUESTS] [CONNECTIONS] [ROUNDS]
@@ -30,6 +31,7 @@ import textwrap
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -156,17 +158,28 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise TimeoutError(f"nothing listening on {port}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User + system CPU time of process ``pid`` so far (Linux /proc): all its threads, and
+    its main thread alone (the event loop's; the others are the app's database writers)."""
+
+    def of(stat: Path) -> float:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    return of(Path(f"/proc/{pid}/stat")), of(Path(f"/proc/{pid}/task/{pid}/stat"))
 
 
-def measure(
-    server: list[str], env: dict[str, str], port: int, paths: Path, conns: int
-) -> tuple[float, float]:
+class Figures(NamedTuple):
+    """One server's round: requests/s, and its CPU microseconds per request."""
+
+    rate: float
+    cpu_us: float  # all threads
+    loop_us: float  # the event loop's thread
+
+
+def measure(server: list[str], env: dict[str, str], port: int, paths: Path, conns: int) -> Figures:
     """Start ``server``, run the load generator against it, stop it: the measured requests/s
-    and the server's CPU microseconds per measured request (all its threads)."""
+    and the server's CPU per measured request."""
     proc = subprocess.Popen(server, env=env, stdout=subprocess.DEVNULL)
     try:
         wait_for_port(port, proc)
@@ -177,9 +190,9 @@ def measure(
         )
         assert loader.stdout is not None
         assert loader.stdout.readline().strip() == "warm"
-        cpu = cpu_seconds(proc.pid)
+        cpu, loop = cpu_seconds(proc.pid)
         elapsed = float(loader.stdout.readline())
-        cpu = cpu_seconds(proc.pid) - cpu
+        cpu_after, loop_after = cpu_seconds(proc.pid)
         if loader.wait() != 0:
             raise RuntimeError("the load generator failed")
         measured = len(paths.read_text().split()) - WARMUP
@@ -188,7 +201,10 @@ def measure(
         # uvicorn's own runner re-raises SIGTERM once it has shut down (the bare server).
         if proc.wait(60) not in (0, -signal.SIGTERM):
             raise RuntimeError(f"server exited with {proc.returncode}")
-    return measured / elapsed, cpu / measured * 1e6
+    per_request = 1e6 / measured
+    return Figures(
+        measured / elapsed, (cpu_after - cpu) * per_request, (loop_after - loop) * per_request
+    )
 
 
 def main(requests: int, connections: int, rounds: int) -> None:
@@ -219,45 +235,51 @@ def main(requests: int, connections: int, rounds: int) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         app_cmd = [sys.executable, "-m", "engine", "--settings", str(settings), "serve"]
         bare_cmd = [sys.executable, __file__, "--bare", str(port)]
-        bare_rates: list[float] = []
-        app_rates: list[float] = []
-        bare_cpu: list[float] = []
-        app_cpu: list[float] = []
+        bare: list[Figures] = []
+        app: list[Figures] = []
         recorded_ok = True
         for r in range(rounds):
             chunk = refs[r * per_round : (r + 1) * per_round]
             paths = folder / f"paths{r}.txt"
             paths.write_text("\n".join(f"/o/{signer.sign('open', ref)}.gif" for ref in chunk))
-            for cmd, rates, cpus in (
-                (bare_cmd, bare_rates, bare_cpu),
-                (app_cmd, app_rates, app_cpu),
-            ):
-                rate, cpu = measure(cmd, env, port, paths, connections)
-                rates.append(rate)
-                cpus.append(cpu)
+            # Every other round the app goes first, so a drift in the machine's other work
+            # (or the last app's data still being written back) favours neither.
+            turns = [(bare_cmd, bare), (app_cmd, app)]
+            for cmd, figures in turns if r % 2 == 0 else turns[::-1]:
+                figures.append(measure(cmd, env, port, paths, connections))
             conn = sqlite3.connect(db_path)
             rows = conn.execute("SELECT count(*) FROM events WHERE type = 'opened'").fetchone()[0]
             conn.close()
             expected = per_round * (r + 1)
             recorded_ok &= rows == expected
+            b, a = bare[-1], app[-1]
             print(
-                f"round {r + 1}: bare {bare_rates[-1]:,.0f} req/s ({bare_cpu[-1]:.0f} us CPU "
-                f"each), app {app_rates[-1]:,.0f} req/s ({app_cpu[-1]:.0f} us CPU each); "
+                f"round {r + 1}: bare {b.rate:,.0f} req/s ({b.cpu_us:.0f} us CPU each), "
+                f"app {a.rate:,.0f} req/s ({a.cpu_us:.0f} us CPU each: {a.loop_us:.0f} event "
+                f"loop + {a.cpu_us - a.loop_us:.0f} writer threads), ratio {a.rate / b.rate:.0%}; "
                 f"opened rows {rows:,} of {expected:,} requests sent so far"
             )
-        bare, app = statistics.median(bare_rates), statistics.median(app_rates)
-        bare_us, app_us = statistics.median(bare_cpu), statistics.median(app_cpu)
+        bare_rate = statistics.median(f.rate for f in bare)
+        app_rate = statistics.median(f.rate for f in app)
+        bare_us = statistics.median(f.cpu_us for f in bare)
+        app_us = statistics.median(f.cpu_us for f in app)
+        loop_us = statistics.median(f.loop_us for f in app)
+        ratios = sorted(a.rate / b.rate for a, b in zip(app, bare, strict=True))
         print(
             f"\npixel requests/s over {connections} keep-alive connections on loopback, "
             f"{requests:,} measured requests per round (after {WARMUP:,} warm-up), "
             f"median of {rounds} rounds"
         )
-        print(f"  bare Starlette endpoint (records nothing): {bare:,.0f} req/s")
-        print(f"  tracking app (python -m engine serve):     {app:,.0f} req/s")
-        print(f"  ratio: {app / bare:.0%} (target >= 70 %)")
+        print(f"  bare Starlette endpoint (records nothing): {bare_rate:,.0f} req/s")
+        print(f"  tracking app (python -m engine serve):     {app_rate:,.0f} req/s")
         print(
-            f"  server CPU per request: bare {bare_us:.0f} us, app {app_us:.0f} us (ratio "
-            f"{bare_us / app_us:.0%}; steadier than the rates when other work shares the machine)"
+            f"  ratio: {app_rate / bare_rate:.0%} (target >= 70 %); per round: median "
+            f"{statistics.median(ratios):.0%}, lowest {ratios[0]:.0%}, highest {ratios[-1]:.0%}"
+        )
+        print(
+            f"  server CPU per request: bare {bare_us:.0f} us, app {app_us:.0f} us ({loop_us:.0f} "
+            f"in its event loop), ratio {bare_us / app_us:.0%} (steadier than the rates when "
+            "other work shares the machine)"
         )
         print(f"  every hit recorded: {'yes' if recorded_ok else 'NO'}")
         print(
@@ -274,4 +296,4 @@ if __name__ == "__main__":
         run_load(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
     else:
         args = [int(a) for a in sys.argv[1:]]
-        main(*(args + [30_000, 50, 5][len(args) :]))
+        main(*(args + [30_000, 50, 7][len(args) :]))

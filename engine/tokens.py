@@ -14,10 +14,10 @@ random public id.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -76,10 +76,35 @@ def key_id(secret: str) -> bytes:
 
 
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
+# Decoding maps our alphabet back to the standard one; "+", "/" and "=", which no token of ours
+# contains, become "*", which strict decoding refuses like every other stray character.
+_FROM_URLSAFE = bytes.maketrans(b"-_+/=", b"+/***")
+_ALPHABET = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+# Without padding, a length of 2 or 3 (mod 4) leaves 4 or 2 low bits of the last character
+# unused; the canonical encoding keeps them zero, so only every 16th or 4th character can end it.
+_LAST_CHARS = {2: frozenset(_ALPHABET[::16]), 3: frozenset(_ALPHABET[::4])}
+_PADDING = {0: b"", 2: b"==", 3: b"="}
 
 
 def _b64(raw: bytes) -> str:
     return binascii.b2a_base64(raw, newline=False).translate(_URLSAFE).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes | None:
+    """The bytes ``text`` encodes when it is exactly what ``_b64`` makes of them (urlsafe
+    alphabet, no padding, zero unused bits), else None: one string per token, never two.
+
+    >>> _unb64("AQI"), _unb64("AQJ"), _unb64("AQI="), _unb64("A+I"), _unb64("AQIDB")
+    (b'\\x01\\x02', None, None, None, None)
+    """
+    rem = len(text) % 4
+    if rem == 1 or (rem and text[-1] not in _LAST_CHARS[rem]):
+        return None
+    try:
+        data = text.encode("ascii").translate(_FROM_URLSAFE) + _PADDING[rem]
+        return binascii.a2b_base64(data, strict_mode=True)
+    except (UnicodeEncodeError, binascii.Error):
+        return None
 
 
 class _Mac:
@@ -145,6 +170,8 @@ class Signer:
             kind: bytes((VERSION,)) + self._key_id + bytes((code | _FLAGS.get(kind, 0),))
             for kind, code in KINDS.items()
         }
+        # Kinds whose tokens carry a ref alone: their kind byte, which has no flags.
+        self._plain = {kind: code for kind, code in KINDS.items() if kind not in _FLAGS}
 
     def sign(
         self, kind: str, ref: bytes, *, url: str | None = None, value: int | None = None
@@ -178,23 +205,40 @@ class Signer:
 
         With ``kind``, a valid token of another kind is also None.
         """
-        if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
-            return None
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        except (binascii.Error, ValueError):
-            return None
-        # Re-encoding rejects stray characters and non-canonical trailing bits, so exactly
-        # one string maps to each token.
-        if len(raw) < _MIN_RAW or raw[0] != VERSION or _b64(raw) != token:
-            return None
-        base = self._macs.get(raw[1 : 1 + KEY_ID_SIZE])
-        if base is None:
+        raw = self._authentic(token)
+        return None if raw is None else _parse(raw, len(raw) - MAC_SIZE, kind)
+
+    def ref(self, token: str, kind: str) -> bytes | None:
+        """``verify(token, kind=kind).ref``, or None when that is None; for kinds without a url
+        or value (the open pixel's), read without building a ``Token``."""
+        raw = self._authentic(token)
+        if raw is None:
             return None
         end = len(raw) - MAC_SIZE
-        if not hmac.compare_digest(base.digest(raw[:end])[:MAC_SIZE], raw[end:]):
+        code = self._plain.get(kind)
+        if code is None:
+            found = _parse(raw, end, kind)
+            return None if found is None else found.ref
+        # version | key id | kind byte (no flags) | ref length | ref | MAC, nothing else
+        ref_len = raw[2 + KEY_ID_SIZE]
+        if raw[1 + KEY_ID_SIZE] != code or ref_len == 0 or 3 + KEY_ID_SIZE + ref_len != end:
             return None
-        return _parse(raw, end, kind)
+        return raw[3 + KEY_ID_SIZE : end]
+
+    def _authentic(self, token: str) -> bytes | None:
+        """The decoded token when it is canonical, of this version and its MAC is right."""
+        if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
+            return None
+        raw = _unb64(token)
+        if raw is None or len(raw) < _MIN_RAW or raw[0] != VERSION:
+            return None
+        mac = self._macs.get(raw[1 : 1 + KEY_ID_SIZE])
+        if mac is None:
+            return None
+        end = len(raw) - MAC_SIZE
+        if not hmac.compare_digest(mac.digest(raw[:end])[:MAC_SIZE], raw[end:]):
+            return None
+        return raw
 
 
 def _parse(raw: bytes, end: int, expected: str | None) -> Token | None:

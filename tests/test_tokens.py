@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import secrets
@@ -12,11 +13,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.tokens import FORM_KINDS, KINDS, MAX_TOKEN_CHARS, Links, Signer, Token
+from engine.tokens import FORM_KINDS, KINDS, MAX_TOKEN_CHARS, Links, Signer, Token, _unb64
 
 REF = bytes.fromhex("0f1e2d3c4b5a69788796a5b4")
 BASE = "https://t.example.com"
 B64_CHARS = string.ascii_letters + string.digits + "-_"
+# The urlsafe alphabet in value order: a character's index is its 6 bits.
+ALPHABET = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
 
 
 def token_of(url: str) -> str:
@@ -89,6 +92,87 @@ def test_truncated_and_extended_tokens_are_refused(signer: Signer) -> None:
     assert signer.verify(token + "AAAA") is None
 
 
+def lax_decode(text: str) -> bytes:
+    """What Python's own urlsafe decoder makes of ``text`` (stray characters skipped, unused
+    bits ignored, "+" and "/" taken as "-" and "_")."""
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def other_spellings(token: str) -> list[str]:
+    """Strings other than ``token`` that a lax decoder reads as the same bytes."""
+    spellings = [
+        token + "=",
+        token + "==",
+        token[:7] + "\n" + token[7:],
+        token[:7] + " " + token[7:],
+    ]
+    spellings += [token.replace("-", "+"), token.replace("_", "/")]
+    unused_bits = {0: 0, 2: 4, 3: 2}[len(token) % 4]
+    last = ALPHABET.index(token[-1])
+    spellings += [token[:-1] + ALPHABET[last | low] for low in range(1, 1 << unused_bits)]
+    return [s for s in spellings if s != token]
+
+
+@pytest.mark.parametrize("ref_size", [1, 2, 3])  # tokens of 0, 2 and 3 characters mod 4
+def test_every_other_spelling_of_a_token_is_refused(signer: Signer, ref_size: int) -> None:
+    # Exactly one string per token: a lax decoder would accept all of these as the same one.
+    token = next(
+        t
+        for t in (signer.sign("open", secrets.token_bytes(ref_size)) for _ in range(10_000))
+        if "-" in t and "_" in t
+    )
+    assert {len(token) % 4} == {[0, 2, 3][ref_size - 1]}
+    spellings = other_spellings(token)
+    assert len(spellings) >= 6
+    for spelling in spellings:
+        assert lax_decode(spelling.replace("\n", "").replace(" ", "")) == lax_decode(token)
+        assert signer.verify(spelling) is None, spelling
+        assert signer.ref(spelling, "open") is None, spelling
+    assert signer.ref(token, "open") is not None
+
+
+def canonical_by_re_encoding(text: str) -> bytes | None:
+    """The bytes of ``text`` when encoding them again gives ``text`` back (the slow rule)."""
+    try:
+        raw = lax_decode(text)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == text else None
+
+
+def mutated(raw: bytes, where: int, char: str) -> str:
+    """The canonical encoding of ``raw`` with ``char`` at ``where`` (-1: unchanged)."""
+    token = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    if where < 0:
+        return token
+    i = where % (len(token) + 1)
+    return token[:i] + char + token[i + 1 :]
+
+
+@given(
+    st.one_of(
+        st.text(alphabet=B64_CHARS + "+/= .\né", max_size=40),
+        st.builds(mutated, st.binary(max_size=40), st.just(-1), st.just("")),  # canonical
+        st.builds(mutated, st.binary(max_size=40), st.integers(0, 60), st.sampled_from(ALPHABET)),
+    )
+)
+def test_the_canonical_check_agrees_with_encoding_again(text: str) -> None:
+    assert _unb64(text) == canonical_by_re_encoding(text)
+
+
+@given(kind=st.sampled_from(sorted(KINDS)), ref=st.binary(min_size=1, max_size=64))
+def test_ref_is_the_ref_of_a_verified_token_of_that_kind(kind: str, ref: bytes) -> None:
+    signer = Signer("s")
+    url = "https://example.com/" if kind == "click" else None
+    token = signer.sign(kind, ref, url=url, value=7 if kind == "nps" else None)
+    for asked in KINDS:
+        verified = signer.verify(token, kind=asked)
+        assert signer.ref(token, asked) == (None if verified is None else verified.ref)
+        assert (verified is not None) == (asked == kind)
+    for bad in (token[:-1], token[:20] + ("B" if token[20] == "A" else "A") + token[21:]):
+        assert signer.ref(bad, kind) is None
+
+
 def test_a_token_signed_with_another_secret_is_refused(signer: Signer) -> None:
     foreign = Signer("someone-elses-secret").sign("open", REF)
     assert signer.verify(foreign) is None
@@ -117,11 +201,13 @@ def test_kinds_do_not_cross(signer: Signer) -> None:
 def test_oversized_and_garbage_tokens_are_refused_without_raising(signer: Signer) -> None:
     for garbage in ["", "A" * (MAX_TOKEN_CHARS + 4), "%%%", "é" * 40, "A", "AAAA====", None, 42]:
         assert signer.verify(garbage) is None  # type: ignore[arg-type]
+        assert signer.ref(garbage, "open") is None  # type: ignore[arg-type]
 
 
 @given(st.text(max_size=200))
 def test_verify_never_raises(text: str) -> None:
     assert Signer("s").verify(text) is None
+    assert Signer("s").ref(text, "open") is None
 
 
 def test_sign_refuses_what_a_kind_does_not_take(signer: Signer) -> None:

@@ -11,6 +11,7 @@ import html
 import re
 import signal
 import socket
+import string
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from engine.scheduler import tick
 from engine.store.models import Contact, Enrollment, Event, Message, Referral
 from engine.tokens import Signer
 from engine.tracking import message_links
+from engine.tracking.web import GIF
 from tests.conftest import Project
 from tests.http_server import BROWSER_UA, TrackingServer
 from tests.pg import free_port
@@ -38,6 +40,7 @@ BOB = "bob@example.com,Bob,Stone,Stone Co,UTC,9,2026-01-01,2025-01-01,,en,custom
 CAT = "cat@example.com,Cat,Wu,Wu Co,UTC,10,2026-01-01,2025-01-01,,id,customer"
 API_TOKEN = "api-token-0123456789abcdef"
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+ALPHABET = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"  # value order
 
 
 @pytest.fixture
@@ -112,6 +115,58 @@ def test_the_open_pixel_is_a_43_byte_gif_recorded_without_waiting_for_the_databa
     assert (opened.machine, opened.data, opened.occurred_at) == (False, {}, program.clock.now())
     assert (opened.sequence_id, opened.step_id) == ("ask", "ask")
     assert opened.contact_id == contact(server, "ana@example.com").id
+
+
+def on_the_wire(port: int, method: str, path: str) -> tuple[bytes, list[bytes], bytes]:
+    """Status line, header lines (but ``date``) and body exactly as the server sends them."""
+    request = f"{method} {path} HTTP/1.1\r\nHost: t\r\nUser-Agent: {BROWSER_UA}\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"{request}Connection: close\r\n\r\n".encode())
+        received = b"".join(iter(lambda: sock.recv(65536), b""))
+    head, _, body = received.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    return status, [line for line in lines if not line.startswith(b"date: ")], body
+
+
+@SQLITE_ONLY
+def test_the_pixel_answers_get_and_head_alike_and_a_bad_token_like_any_unknown_page(
+    program: Project, server: TrackingServer
+) -> None:
+    (ask,) = send(program, server, ANA)
+    program.clock.advance(timedelta(minutes=5))
+    pixel = urlsplit(link(ask, "/o/")).path
+    token = pixel[3:-4]
+    image_headers = [
+        b"content-type: image/gif",
+        b"content-length: 43",
+        b"x-content-type-options: nosniff",
+        b"cache-control: no-store",
+        b"connection: close",
+    ]
+    assert on_the_wire(server.port, "GET", pixel) == (b"HTTP/1.1 200 OK", image_headers, GIF)
+    assert on_the_wire(server.port, "HEAD", pixel) == (b"HTTP/1.1 200 OK", image_headers, b"")
+    last = ALPHABET.index(token[-1])
+    spare_bits = {0: 0, 2: 15, 3: 3}[len(token) % 4]
+    bad = [
+        token[:10] + ("A" if token[10] != "A" else "B") + token[11:],  # tampered
+        token[:-2],  # truncated
+        token + "=",  # padded
+        token[:-1] + ALPHABET[last ^ spare_bits] if spare_bits else token + "AAAA",
+        Signer("another-secret-0123456789").sign("open", b"0123456789ab"),
+        server.engine.renderer.links.signer.sign("unsubscribe", b"0123456789ab"),
+    ]
+    for method in ("GET", "HEAD"):
+        not_found = on_the_wire(server.port, method, "/no/such/page")
+        assert not_found[0] == b"HTTP/1.1 404 Not Found"
+        assert b"x-frame-options: DENY" in not_found[1]
+        for bad_token in bad:
+            assert on_the_wire(server.port, method, f"/o/{bad_token}.gif") == not_found
+    assert server.flush() == 2
+    opened = events(server, "opened")
+    assert sorted((e.machine, e.data.get("machine")) for e in opened) == [
+        (False, None),
+        (True, "head-request"),
+    ]
 
 
 @SQLITE_ONLY

@@ -4,15 +4,22 @@ languages, the hit buffer and the events API's validation."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+import threading
+import time
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import Table
 
 from engine.errors import SettingsError
 from engine.settings import SenderSettings, load_settings
+from engine.store.db import Database
+from engine.store.models import Event
 from engine.tracking import forms
 from engine.tracking.api import ApiError, parse_body, parse_event
 from engine.tracking.bots import classify_click, classify_request
@@ -20,6 +27,7 @@ from engine.tracking.buffer import Hit, HitBuffer
 from engine.tracking.csrf import CsrfTokens
 from engine.tracking.i18n import STRINGS, Translator, direction, language, negotiate
 from engine.tracking.pages import Pages
+from engine.tracking.records import HitWriter
 from engine.tracking.web import GIF, safe_location
 from tests.test_tracking import UNSAFE_DESTINATIONS
 
@@ -232,6 +240,18 @@ def test_every_page_renders_in_every_language_with_data_escaped(lang: str) -> No
 # -- the hit buffer -----------------------------------------------------------------------------
 
 
+SQLITE_HITS = HitWriter(Database("sqlite://", auto_migrate=False))
+
+
+def core_timestamp(at: datetime) -> Any:
+    """What SQLAlchemy itself binds for ``events.occurred_at`` on SQLite."""
+    dialect = SQLITE_HITS.db.engine.dialect
+    column = cast(Table, Event.__table__).c.occurred_at
+    process = column.type.dialect_impl(dialect).bind_processor(dialect)
+    assert process is not None
+    return process(at)
+
+
 def hit(ref: bytes, seconds: float, kind: str = "opened", **more: Any) -> Hit:
     return Hit(kind, ref, NOW + timedelta(seconds=seconds), more.pop("machine", None), **more)
 
@@ -288,6 +308,84 @@ async def test_a_failed_write_keeps_the_hits_and_stop_flushes_them() -> None:
     await task
     assert [h.ref for batch in writer.batches for h in batch] == [b"a", b"b", b"c"]
     assert buffer.pending == 0
+
+
+class SlowWriter(ListWriter):
+    """A ListWriter whose writes take ``seconds`` each (in the buffer's worker thread)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.started = threading.Event()
+        self.go_on = threading.Event()
+        self.go_on.set()
+
+    def write(self, prepared: list[Hit]) -> int:
+        self.started.set()
+        self.go_on.wait(10)
+        time.sleep(self.seconds)
+        return super().write(prepared)
+
+
+async def test_a_flush_writes_what_was_waiting_and_later_hits_wait_for_the_next() -> None:
+    writer = SlowWriter(0)
+    writer.go_on.clear()
+    buffer = HitBuffer(writer, batch=2)
+    for i in range(3):
+        buffer.add(hit(bytes([i]), 0))
+    flushing = asyncio.create_task(buffer.flush())
+    await asyncio.to_thread(writer.started.wait, 10)
+    buffer.add(hit(b"late", 0))  # arrives while the first batch is being written
+    writer.go_on.set()
+    assert await flushing == 3
+    assert [len(batch) for batch in writer.batches] == [2, 1]
+    assert buffer.pending == 1 and buffer.written == 3
+    assert await buffer.flush() == 1
+
+
+async def test_steady_traffic_is_written_a_whole_interval_at_a_time_not_a_trickle() -> None:
+    # Each write takes 10 ms while a hit arrives every millisecond: chasing the new hits after
+    # every write would make ~50 tiny transactions of the 500 hits, one per 10 ms.
+    writer = SlowWriter(0.01)
+    buffer = HitBuffer(writer, interval=0.1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(buffer.run(stop))
+    start = time.monotonic()
+    for i in range(500):
+        buffer.add(hit(i.to_bytes(2, "big"), 0))
+        await asyncio.sleep(0.001)
+    elapsed = time.monotonic() - start
+    stop.set()
+    await task
+    assert sum(len(batch) for batch in writer.batches) == 500
+    assert len(writer.batches) <= elapsed / 0.1 + 3  # one per interval (and the last one)
+
+
+async def test_stop_writes_the_hits_that_arrive_during_the_last_flush() -> None:
+    writer = SlowWriter(0)
+    writer.go_on.clear()
+    buffer = HitBuffer(writer, interval=3600)
+    stop = asyncio.Event()
+    task = asyncio.create_task(buffer.run(stop))
+    buffer.add(hit(b"a", 0))
+    stop.set()
+    await asyncio.to_thread(writer.started.wait, 10)
+    buffer.add(hit(b"b", 0))  # a request still finishing while the server shuts down
+    writer.go_on.set()
+    await task
+    assert [h.ref for batch in writer.batches for h in batch] == [b"a", b"b"]
+    assert buffer.pending == 0
+
+
+@given(
+    st.datetimes(
+        max_value=datetime(9999, 12, 30),  # in UTC too
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=-3))]),
+    )
+)
+def test_open_timestamps_are_stored_exactly_as_the_column_type_stores_them(at: datetime) -> None:
+    # HitWriter formats SQLite timestamps itself (cheaper): the same text as SQLAlchemy's.
+    assert SQLITE_HITS.at(at) == core_timestamp(at)
 
 
 def test_a_full_buffer_drops_new_hits_instead_of_growing() -> None:

@@ -1,6 +1,6 @@
 """The tracking and landing app (Starlette on uvicorn): what mail clients and browsers hit.
 
-    GET  /o/<token>.gif        open pixel (buffered, written in batches; served ahead of routing)
+    GET  /o/<token>.gif        open pixel (buffered, written in batches; answered before routing)
     GET  /c/<token>            click: 302 to the URL signed into the token, nowhere else
     GET  /h/<token>            the hidden honeypot link: machine traffic by definition
     GET  /u/<token>            unsubscribe confirmation page (never unsubscribes by itself)
@@ -42,7 +42,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from engine.clock import Clock
 from engine.errors import EngineError
@@ -102,8 +102,7 @@ class _App:
         return _machine(request.scope)
 
     def verify(self, request: Request, kind: str) -> bytes | None:
-        token = self.signer.verify(request.path_params["token"], kind=kind)
-        return None if token is None else token.ref
+        return self.signer.ref(request.path_params["token"], kind)
 
     async def form(self, request: Request) -> FormData:
         return await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
@@ -179,42 +178,46 @@ def _machine(scope: Scope) -> str | None:
     return classify_request(scope["method"], agent, client[0] if client else None)
 
 
-class _Pixel:
-    """ASGI middleware answering ``GET /o/<token>.gif`` before Starlette's routing.
+_PIXEL_METHODS = ("GET", "HEAD")
+
+
+class _TrackingApp(Starlette):
+    """Starlette, with ``GET|HEAD /o/<token>.gif`` answered before any of its machinery.
 
     The pixel is most of the app's traffic and its whole answer is known in advance, so it
-    skips the router, the request object and the response class, about half the Python time
-    of a bare Starlette endpoint. A token that does not verify goes on to the app: a 404 page.
+    skips Starlette's middleware, router, request and response objects: with the token checked
+    and the hit buffered, it runs about 60% of the Python instructions of a bare Starlette
+    endpoint. A token that does not verify goes on to Starlette, whose answer is the 404 page
+    (with the security headers) as for any unknown path.
     """
 
     def __init__(
         self,
-        app: ASGIApp,
         *,
         signer: Signer,
         buffer: HitBuffer,
         clock: Clock,
-        headers: list[tuple[bytes, bytes]],
+        pixel_headers: list[tuple[bytes, bytes]],
+        **starlette: Any,
     ) -> None:
-        self.app = app
-        self.signer = signer
-        self.buffer = buffer
-        self.clock = clock
-        self.headers = headers
+        super().__init__(**starlette)
+        self._signer = signer
+        self._buffer = buffer
+        self._clock = clock
+        self._pixel_headers = pixel_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+        if scope["type"] == "http" and scope["method"] in _PIXEL_METHODS:
             path: str = scope["path"]
             if path.startswith("/o/") and path.endswith(".gif"):
-                token = self.signer.verify(path[3:-4], kind="open")
-                if token is not None:
-                    self.buffer.add(Hit("opened", token.ref, self.clock.now(), _machine(scope)))
-                    await send(
-                        {"type": "http.response.start", "status": 200, "headers": self.headers}
-                    )
+                ref = self._signer.ref(path[3:-4], "open")
+                if ref is not None:
+                    self._buffer.add(Hit("opened", ref, self._clock.now(), _machine(scope)))
+                    headers = self._pixel_headers
+                    await send({"type": "http.response.start", "status": 200, "headers": headers})
                     await send({"type": "http.response.body", "body": GIF})
                     return
-        await self.app(scope, receive, send)
+        await super().__call__(scope, receive, send)
 
 
 def _tracking_routes(app: _App) -> list[Route]:
@@ -607,8 +610,11 @@ def build_app(engine: Engine, *, buffer: HitBuffer | None = None) -> Starlette:
 
     https = settings.tracking.base_url.startswith("https:")
     headers = security_headers(pages.style_source, https=https)
-    pixel = pixel_headers(https=https)
-    starlette = Starlette(
+    starlette = _TrackingApp(
+        signer=signer,
+        buffer=hits,
+        clock=engine.clock,
+        pixel_headers=pixel_headers(https=https),
         routes=[
             *_tracking_routes(app),
             *_unsubscribe_routes(app),
@@ -617,10 +623,7 @@ def build_app(engine: Engine, *, buffer: HitBuffer | None = None) -> Starlette:
             *_form_routes(app),
             *_service_routes(app),
         ],
-        middleware=[
-            Middleware(_Pixel, signer=signer, buffer=hits, clock=engine.clock, headers=pixel),
-            Middleware(SecurityHeaders, headers=headers),
-        ],
+        middleware=[Middleware(SecurityHeaders, headers=headers)],
         exception_handlers={404: not_found, HTTPException: http_error},
         lifespan=lifespan,
     )
