@@ -98,23 +98,17 @@ def add_referral(
             return ReferralOutcome(
                 existing.id, False, f"{referrer_addr} -> {friend} was already recorded"
             )
-        friend_contact = session.scalar(select(Contact).where(Contact.email == friend))
-        flag = attribution_flag(session, referrer, friend, friend_contact, now)
-        referral = Referral(
-            referrer_id=referrer.id,
-            friend_email=friend,
-            friend_name=name,
-            friend_contact_id=friend_contact.id if friend_contact else None,
+        referral = _new_referral(
+            session,
+            referrer,
+            friend,
+            now,
+            name=name,
             channel=channel,
             status="introduced",
-            created_at=now,
-            updated_at=now,
-            flag=flag,
-            consent_text=consent,
-            consent_at=now if consent is not None else None,
+            consent=consent,
         )
-        session.add(referral)
-        session.flush()
+        flag = referral.flag
         referral_event(
             session,
             "referral.created",
@@ -226,6 +220,39 @@ def convert_in_session(
     return True
 
 
+def _new_referral(
+    session: Session,
+    referrer: Contact,
+    friend: str,
+    now: datetime,
+    *,
+    name: str | None,
+    channel: str,
+    status: str,
+    consent: str | None = None,
+) -> Referral:
+    """Insert a referral of ``friend`` (a normalised address), linked to their contact row
+    when they have one and flagged as ``attribution_flag`` finds it; ``consent`` is the
+    wording the friend agreed to, now."""
+    friend_contact = session.scalar(select(Contact).where(Contact.email == friend))
+    referral = Referral(
+        referrer_id=referrer.id,
+        friend_email=friend,
+        friend_name=name,
+        friend_contact_id=friend_contact.id if friend_contact else None,
+        channel=channel,
+        status=status,
+        created_at=now,
+        updated_at=now,
+        flag=attribution_flag(session, referrer, friend, friend_contact, now),
+        consent_text=consent,
+        consent_at=now if consent is not None else None,
+    )
+    session.add(referral)
+    session.flush()
+    return referral
+
+
 def record_detected_referral(
     session: Session,
     referrer: Contact,
@@ -251,20 +278,9 @@ def record_detected_referral(
     )
     if existing is not None:
         return None
-    friend_contact = session.scalar(select(Contact).where(Contact.email == friend))
-    referral = Referral(
-        referrer_id=referrer.id,
-        friend_email=friend,
-        friend_name=name,
-        friend_contact_id=friend_contact.id if friend_contact else None,
-        channel=channel,
-        status="detected",
-        created_at=now,
-        updated_at=now,
-        flag=attribution_flag(session, referrer, friend, friend_contact, now),
+    referral = _new_referral(
+        session, referrer, friend, now, name=name, channel=channel, status="detected"
     )
-    session.add(referral)
-    session.flush()
     referral_event(
         session, "referral.created", referral, now, detected=True, review=True, **evidence
     )

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import func, select
 
 from engine.replies import PollStats, poll_forever, poll_once, process_message, samples
+from engine.replies.imap import Mailbox
 from engine.scheduler import Engine
 from engine.store.models import (
     Alert,
@@ -503,6 +504,25 @@ def replied(engine: Engine) -> int:
         return session.scalar(select(func.count()).where(Event.type == "replied")) or 0
 
 
+def watch_mailboxes(monkeypatch: pytest.MonkeyPatch) -> list[Mailbox]:
+    """The mailboxes ``poll_forever`` opens, newest last, so a test can wait on their state."""
+    opened: list[Mailbox] = []
+    open_ = Mailbox.open.__func__  # type: ignore[attr-defined]
+
+    async def watched(cls: type[Mailbox], *args: Any, **kwargs: Any) -> Mailbox:
+        box: Mailbox = await open_(cls, *args, **kwargs)
+        opened.append(box)
+        return box
+
+    monkeypatch.setattr(Mailbox, "open", classmethod(watched))
+    return opened
+
+
+def idling(opened: list[Mailbox]) -> Callable[[], bool]:
+    """True once the newest mailbox has an IDLE running on the server."""
+    return lambda: bool(opened) and opened[-1].client.has_pending_idle()
+
+
 async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
     """Wait (briefly sleeping) until ``check()``; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -517,17 +537,21 @@ async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
 
 @SQLITE_ONLY
 async def test_idle_hears_of_new_mail_at_once(
-    make_program: MakeProgram, dovecot: Dovecot, mail_user: MailUser
+    make_program: MakeProgram,
+    dovecot: Dovecot,
+    mail_user: MailUser,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The IDLE is renewed (and the mailbox searched) every 10 minutes: a reply recorded
     # within the wait below can only have been pushed by the server.
     program = make_program(idle_timeout_seconds=600)
     await asyncio.to_thread(contacts, program, ANA)
     engine = program.engine()
+    opened = watch_mailboxes(monkeypatch)
     stop = asyncio.Event()
     task = asyncio.create_task(poll_forever(engine, stop))
     try:
-        await asyncio.sleep(0.3)  # connected and idling
+        await until(idling(opened))  # the first pass found nothing; now it listens
         raw = samples.reply("ana@example.com", US, None, "Hello there.", date=now(program))
         await asyncio.to_thread(dovecot.append, mail_user, raw)
         await until(lambda: replied(engine) == 1, timeout=30)
@@ -539,17 +563,21 @@ async def test_idle_hears_of_new_mail_at_once(
 
 @SQLITE_ONLY
 async def test_a_hung_idle_is_noticed_and_the_connection_replaced(
-    make_program: MakeProgram, dovecot: Dovecot, mail_user: MailUser
+    make_program: MakeProgram,
+    dovecot: Dovecot,
+    mail_user: MailUser,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     proxy = await SilentProxy(dovecot.port).start()
     program = make_program(port=proxy.port, idle_timeout_seconds=0.2, timeout=0.3)
     await asyncio.to_thread(contacts, program, ANA)
     engine = program.engine()
+    opened = watch_mailboxes(monkeypatch)
     stop = asyncio.Event()
     task = asyncio.create_task(poll_forever(engine, stop))
     try:
-        await until(lambda: proxy.connections == 1)
-        await asyncio.sleep(0.2)
+        await until(idling(opened))
+        assert proxy.connections == 1
         proxy.silence()  # the connection stays open and says nothing more, ever
         raw = samples.reply("ana@example.com", US, None, "Are you there?", date=now(program))
         await asyncio.to_thread(dovecot.append, mail_user, raw)

@@ -257,9 +257,7 @@ def _masked(email: str) -> str:
 def _unsubscribe_routes(app: _App) -> list[Route]:
     db = app.engine.db
 
-    async def show(request: Request) -> Response:
-        ref = app.verify(request, "unsubscribe")
-        target = None if ref is None else await run_in_threadpool(records.load_target, db, ref)
+    def answer(request: Request, target: records.Target | None, done: bool) -> Response:
         if target is None:
             return app.pages.not_found()
         return app.page(
@@ -268,8 +266,13 @@ def _unsubscribe_routes(app: _App) -> list[Route]:
             language(target.locale),
             "unsubscribe.title",
             email=_masked(target.email),
-            done=target.unsubscribed,
+            done=done,
         )
+
+    async def show(request: Request) -> Response:
+        ref = app.verify(request, "unsubscribe")
+        target = None if ref is None else await run_in_threadpool(records.load_target, db, ref)
+        return answer(request, target, target is not None and target.unsubscribed)
 
     async def one_click(request: Request) -> Response:
         # RFC 8058: mailbox providers post this with no cookie, token or Origin, so it needs
@@ -282,16 +285,7 @@ def _unsubscribe_routes(app: _App) -> list[Route]:
             return PlainTextResponse("expected List-Unsubscribe=One-Click", status_code=400)
         via = "page" if form.get("via") == "page" else "one-click"
         target = await run_in_threadpool(records.unsubscribe, db, ref, app.now(), via=via)
-        if target is None:
-            return app.pages.not_found()
-        return app.page(
-            request,
-            "unsubscribe",
-            language(target.locale),
-            "unsubscribe.title",
-            email=_masked(target.email),
-            done=True,
-        )
+        return answer(request, target, True)
 
     return [
         Route("/u/{token}", show, methods=["GET"]),
