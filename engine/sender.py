@@ -48,6 +48,7 @@ from engine.sequences import SendStep, Sequence
 from engine.settings import Settings
 from engine.store.db import Database, transaction
 from engine.store.models import Alert, Contact, Enrollment, Event, Message, Referral, Suppression
+from engine.store.prepared import Prepared
 from engine.transport import Transport
 from engine.windows import SendWindow, next_open
 
@@ -94,8 +95,9 @@ class _Ready:
     data: bytes
 
 
-# The per-message writes are prebuilt Core statements with bound parameters: they skip the
-# ORM's bulk-update machinery and statement construction, which cost more than SQLite itself.
+# The per-message writes are Core statements compiled once (store.prepared): they skip the
+# ORM's bulk-update machinery and Core's per-execution cache-key walk, which cost several
+# times what SQLite spends running them.
 _messages = cast(Table, Message.__table__)
 _enrollments = cast(Table, Enrollment.__table__)
 _contacts = cast(Table, Contact.__table__)
@@ -117,12 +119,12 @@ _still_wanted = and_(
     ),
     ~exists().where(_events.c.contact_id == _messages.c.contact_id, _events.c.handled_at.is_(None)),
 )
-_EXTEND_LEASE = (
+_EXTEND_LEASE = Prepared(
     update(_messages).where(_leased, _still_wanted).values(lease_until=bindparam("b_until"))
 )
 # A leased row that failed only the re-check goes back to the queue at once (no attempt was
 # made); the claim skips it until the planner has dealt with what stopped it.
-_GIVE_BACK = (
+_GIVE_BACK = Prepared(
     update(_messages)
     .where(_leased)
     .values(
@@ -134,7 +136,7 @@ _GIVE_BACK = (
 )
 # Cancelling (planner.end_enrollment) does not bump the fence: an email whose enrollment was
 # stopped while its SMTP transaction was under way did go out, and is recorded as sent.
-_MARK_SENT = (
+_MARK_SENT = Prepared(
     update(_messages)
     .where(_ours, or_(_messages.c.status == "sending", _messages.c.status == "cancelled"))
     .values(
@@ -150,7 +152,7 @@ _MARK_SENT = (
     )
 )
 # The next step's wait counts from the moment this email actually left.
-_START_NEXT_WAIT = (
+_START_NEXT_WAIT = Prepared(
     update(_enrollments)
     .where(
         _enrollments.c.id
@@ -384,10 +386,11 @@ class Sender:
     def _mark_sent(self, conn: Connection, c: Claimed, subject: str | None) -> bool:
         """Mark the row sent (with the subject it went out with) and start the next wait,
         unless the row is no longer ours (fenced off). True if it was marked."""
-        params = {"b_id": c.id, "b_fence": c.fence, "b_now": self.clock.now(), "b_subject": subject}
-        if not conn.execute(_MARK_SENT, params).rowcount:
+        now = self.clock.now()
+        marked = _MARK_SENT.run(conn, b_id=c.id, b_fence=c.fence, b_now=now, b_subject=subject)
+        if not marked.rowcount:
             return False
-        conn.execute(_START_NEXT_WAIT, params)
+        _START_NEXT_WAIT.run(conn, b_id=c.id, b_now=now)
         return True
 
     @staticmethod
@@ -407,10 +410,10 @@ class Sender:
         False: the lease is lost (re-claimed, expired or the row was cancelled).
         """
         now = self.clock.now()
-        params = {"b_id": c.id, "b_fence": c.fence, "b_now": now, "b_until": now + self.lease}
-        if conn.execute(_EXTEND_LEASE, params).rowcount:
+        ours = {"b_id": c.id, "b_fence": c.fence, "b_now": now}
+        if _EXTEND_LEASE.run(conn, **ours, b_until=now + self.lease).rowcount:
             return True
-        if conn.execute(_GIVE_BACK, params).rowcount:
+        if _GIVE_BACK.run(conn, **ours).rowcount:
             return None
         return False
 

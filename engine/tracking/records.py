@@ -7,9 +7,9 @@ contact's referral code: no sequential id or address ever comes from a URL.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, select, update
@@ -19,6 +19,7 @@ from engine.contacts import apply_nps_answer
 from engine.planner import record_event
 from engine.store.db import Database, transaction
 from engine.store.models import Contact, Event, Message
+from engine.store.prepared import bind_processor
 from engine.tracking.bots import HONEYPOT_WINDOW, classify_click
 from engine.tracking.buffer import Hit
 
@@ -91,27 +92,6 @@ def _honeypot_hits(
 
 # Opens written per INSERT ... SELECT (4 parameters each, far below every driver's limit).
 OPENS_PER_STATEMENT = 500
-# SQLite's text for a naive UTC timestamp, and instants on which formatting it here must give
-# what the column type's own bind processor gives.
-_ISO = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
-_PROBES = (
-    datetime(2026, 3, 2, 10, 0, tzinfo=UTC),
-    datetime(2026, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
-    datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
-)
-
-
-def _timestamps(core: Callable[[Any], Any]) -> Callable[[datetime], Any]:
-    """``core``, the column type's bind processor, or an equal one for UTC instants when the
-    database stores them as that text (SQLite), several times cheaper: the type's own (a
-    conversion to naive UTC, then formatting through a dict) was most of ``prepare``'s time."""
-
-    def iso(v: datetime) -> Any:
-        if v.tzinfo is UTC:
-            return _ISO % (v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond)
-        return core(v)
-
-    return iso if all(iso(p) == core(p) for p in _PROBES) else core
 
 
 class HitWriter:
@@ -134,14 +114,10 @@ class HitWriter:
         self.mark = "?" if dialect.paramstyle == "qmark" else "%s"
         self.postgres = dialect.name == "postgresql"
 
-        def processor(column: Any) -> Any:
-            found = column.type.dialect_impl(dialect).bind_processor(dialect)
-            return found or (lambda value: value)
-
-        self.ref = processor(_messages.c.ref)
-        self.at = _timestamps(processor(_events.c.occurred_at))
-        self.data = processor(_events.c.data)
-        self.machine = processor(_events.c.machine)
+        self.ref = bind_processor(_messages.c.ref.type, dialect)
+        self.at = bind_processor(_events.c.occurred_at.type, dialect)
+        self.data = bind_processor(_events.c.data.type, dialect)
+        self.machine = bind_processor(_events.c.machine.type, dialect)
         self._encoded: dict[str | None, tuple[Any, Any]] = {}  # machine reason -> data, flag
         self._opens: dict[int, str] = {}
         self.insert = (
