@@ -3,6 +3,7 @@ prepared statement stores exactly what Core would."""
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta, timezone
 from typing import cast
@@ -11,8 +12,8 @@ import pytest
 from sqlalchemy import Connection, Table, Text, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from engine.store.db import Database, transaction
-from engine.store.models import Alert
+from engine.store.db import Database, insert_ignore, transaction
+from engine.store.models import Alert, Contact
 from engine.store.prepared import Prepared
 from tests.pg import PostgresServer
 
@@ -138,4 +139,30 @@ def test_a_driver_error_in_a_prepared_statement_is_sqlalchemys_and_rolls_back(db
             assert _SET_KIND.run(conn, b_id=alert_id + 1, b_kind="x").rowcount == 0
     with db.session() as s:
         assert s.get(Alert, alert_id).kind == "a"  # type: ignore[union-attr]
+    db.dispose()
+
+
+def test_insert_ignore_counts_new_rows_and_applies_column_defaults(db_url: str) -> None:
+    db = Database(db_url)
+    now = datetime(2026, 3, 2, tzinfo=UTC)
+
+    def contact(i: int) -> dict[str, object]:
+        return {
+            "email": f"c{i}@example.com",
+            "referral_code": f"r{i}",
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    with db.write() as s:
+        assert insert_ignore(s, db, Contact, [contact(1), contact(2)]) == 2
+    with db.write() as s:
+        # one new row, one already stored, and one twice in the same call
+        assert insert_ignore(s, db, Contact, [contact(2), contact(3), contact(3)]) == 1
+        assert insert_ignore(s, db, Contact, []) == 0
+    with db.session() as s:
+        stored = s.scalars(select(Contact).order_by(Contact.email)).all()
+    assert [c.email for c in stored] == ["c1@example.com", "c2@example.com", "c3@example.com"]
+    # Python-side defaults, a constant (kind) and a callable (fields), as Core would apply them
+    assert {(c.kind, json.dumps(c.fields)) for c in stored} == {("customer", "{}")}
     db.dispose()

@@ -70,6 +70,17 @@ class _Compiled:
                 self.given[name] = process
             else:
                 self.fixed[name] = process(bind.effective_value)
+        # Python-side column defaults of an INSERT, which Core would compute per execution
+        self.defaults: dict[str, tuple[Callable[[Any], Any], Processor]] = {}
+        for column in compiled.insert_prefetch:
+            default, name = column.default, column.key
+            if default.is_scalar:
+                self.fixed[name] = bind_processor(column.type, dialect)(default.arg)
+            else:  # a callable: SQLAlchemy hands it the execution context
+                self.defaults[name] = (default.arg, bind_processor(column.type, dialect))
+                del self.fixed[name]
+        if compiled.update_prefetch:
+            raise NotImplementedError("Python-side onupdate defaults are not supported")
         self.order = tuple(compiled.positiontup or ()) if compiled.positional else None
 
     def parameters(self, values: dict[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
@@ -78,6 +89,8 @@ class _Compiled:
             extra = sorted(values.keys() - self.given.keys())
             raise TypeError(f"parameters missing {missing} or unknown {extra}")
         params = self.fixed | {name: self.given[name](v) for name, v in values.items()}
+        for name, (make, process) in self.defaults.items():
+            params[name] = process(make(None))
         if self.order is None:
             return params
         return tuple(params[name] for name in self.order)
@@ -89,9 +102,10 @@ class Prepared:
     ``Prepared(update(t).where(t.c.id == bindparam("b_id")).values(x=1)).run(conn, b_id=7)``
     runs exactly the SQL and parameters Core would, on the driver's connection inside the
     caller's transaction, and returns the driver's cursor (``rowcount``, ``fetchall``): column
-    types do not convert results, so keep RETURNING to plain integers and text. Driver errors
-    come out as SQLAlchemy's (``DBAPIError`` with ``orig``), and a lost connection is
-    invalidated, as with ``conn.execute``.
+    types do not convert results, so keep RETURNING to plain integers and text, and count a
+    RETURNING's rows rather than trust its ``rowcount``. Driver errors come out as
+    SQLAlchemy's (``DBAPIError`` with ``orig``), and a lost connection is invalidated, as with
+    ``conn.execute``.
     """
 
     def __init__(self, statement: Executable) -> None:
@@ -99,19 +113,40 @@ class Prepared:
         self._compiled: dict[tuple[str, str], _Compiled] = {}
 
     def run(self, conn: Connection, **values: Any) -> Any:
-        dialect = conn.dialect
+        """Run once with ``values``; the driver's cursor."""
+        compiled = self._for(conn.dialect)
+        return _execute(conn, compiled.sql, compiled.parameters(values), many=False)
+
+    def run_many(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
+        """Run once per row (the driver's executemany); the number of rows changed in all."""
+        if not rows:
+            return 0
+        compiled = self._for(conn.dialect)
+        params = [compiled.parameters(row) for row in rows]
+        return int(_execute(conn, compiled.sql, params, many=True).rowcount)
+
+    def _for(self, dialect: Dialect) -> _Compiled:
         key = (dialect.name, dialect.driver)
         compiled = self._compiled.get(key)
         if compiled is None:
             compiled = self._compiled[key] = _Compiled(self.statement, dialect)
-        params = compiled.parameters(values)
-        driver = conn.connection.driver_connection
-        try:
-            # sqlite3 and psycopg connections both run a statement on a new cursor this way.
-            return driver.execute(compiled.sql, params)  # type: ignore[union-attr]
-        except dialect.loaded_dbapi.Error as exc:
-            if dialect.is_disconnect(exc, conn.connection.dbapi_connection, None):
-                conn.invalidate(exc)
-            raise DBAPIError.instance(
-                compiled.sql, params, exc, dialect.loaded_dbapi.Error, dialect=dialect
-            ) from exc
+        return compiled
+
+
+def _execute(conn: Connection, sql: str, params: Any, *, many: bool) -> Any:
+    """``sql`` on the connection's driver cursor, inside the caller's transaction; a driver
+    error comes out as SQLAlchemy's, and a lost connection is invalidated."""
+    dialect = conn.dialect
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if many:
+            cursor.executemany(sql, params)
+        else:
+            cursor.execute(sql, params)
+    except dialect.loaded_dbapi.Error as exc:
+        if dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor):
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            sql, params, exc, dialect.loaded_dbapi.Error, dialect=dialect
+        ) from exc
+    return cursor
