@@ -1,3 +1,3 @@
-from engine.cli import main
+from engine.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

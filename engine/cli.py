@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -166,15 +167,28 @@ def make_clock(args: argparse.Namespace) -> Clock:
         raise SettingsError("--now", f"{text!r} is not an ISO-8601 date/time") from None
 
 
-def main(argv: Seq[str] | None = None, console: Console | None = None) -> int:
-    """Entry point; returns the exit code."""
+def entry() -> int:
+    """The process's entry point (``python -m engine``, ``referral-engine``)."""
+    return main(freeze_heap=True)
+
+
+def main(
+    argv: Seq[str] | None = None, console: Console | None = None, *, freeze_heap: bool = False
+) -> int:
+    """Run one command; returns the exit code.
+
+    ``freeze_heap`` (the process's own entry point, not a caller's): once the heavy modules are
+    imported, move what they built (~70k objects that live as long as the process) out of the
+    garbage collector's way; otherwise every full collection walks them all again, ~60 ms in
+    the middle of a batch of sends.
+    """
     console = console or Console()
     err = Console(stderr=True) if console.file is sys.stdout else console
     args = build_parser().parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(getattr(args, "verbose", 0), logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s %(message)s")
     try:
-        return _dispatch(args, console)
+        return _dispatch(args, console, freeze_heap)
     except EngineError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         cause = exc.__cause__
@@ -192,8 +206,11 @@ def main(argv: Seq[str] | None = None, console: Console | None = None) -> int:
         return 130
 
 
-def _dispatch(args: argparse.Namespace, console: Console) -> int:
+def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool) -> int:
     from engine import commands  # heavy imports only once arguments are known
+
+    if freeze_heap:
+        gc.freeze()
 
     if args.command == "demo":
         from engine.demo import run_demo

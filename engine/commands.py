@@ -321,7 +321,7 @@ def preview(
             html=rendered.html,
             text=rendered.text,
             date=engine.clock.now(),
-            list_unsubscribe_url=engine.renderer.links.unsubscribe(ref),
+            list_unsubscribe_url=rendered.unsubscribe_url,
             list_unsubscribe_mailto=settings.sender.unsubscribe_mailto,
             feedback_id=f"{step.id}:{seq.id}:{seq.category}:{settings.sender.feedback_id}",
         )

@@ -108,11 +108,12 @@ FOOTER_TEXT: dict[str, tuple[str, str]] = {
 
 @dataclass(frozen=True, slots=True)
 class Rendered:
-    """One recipient's email content."""
+    """One recipient's email content, and its one-click unsubscribe URL (List-Unsubscribe)."""
 
     subject: str
     html: str
     text: str
+    unsubscribe_url: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -1807,7 +1808,7 @@ class Renderer:
             text = _BLANK_LINES.sub("\n\n", text)
         text = text.strip()
         text += f"{text_footer}{unsubscribe}\n"
-        return Rendered(" ".join(subject_text.split()), "".join(html), text)
+        return Rendered(" ".join(subject_text.split()), "".join(html), text, unsubscribe)
 
     def _rtl(self, compiled: _Compiled) -> Template:
         if compiled.rtl is None:

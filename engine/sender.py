@@ -507,7 +507,7 @@ class Sender:
             html=rendered.html,
             text=rendered.text,
             date=now,
-            list_unsubscribe_url=self.renderer.links.unsubscribe(message.ref),
+            list_unsubscribe_url=rendered.unsubscribe_url,
             list_unsubscribe_mailto=self.settings.sender.unsubscribe_mailto,
             feedback_id=f"{step.id}:{seq.id}:{seq.category}:{self.settings.sender.feedback_id}",
             in_reply_to=message.in_reply_to,

@@ -290,6 +290,7 @@ def test_footer_and_open_pixel_are_always_there(
         f'<img src="{pixel}" width="1" height="1" alt="" style="display:block;border:0">'
     )
     assert POSTAL in out.text and unsubscribe in out.text
+    assert out.unsubscribe_url == unsubscribe  # the List-Unsubscribe header's, the same link
     assert verified(signer, unsubscribe).kind == "unsubscribe"
     assert verified(signer, pixel).kind == "open"
 

@@ -61,39 +61,51 @@ class _Compiled:
     def __init__(self, statement: Executable, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
         self.sql = compiled.string
-        self.fixed: dict[str, Any] = {}  # values written into the statement, converted once
-        self.given: dict[str, Processor] = {}  # values each call supplies, by name
+        # Each parameter is a slot: (name, how to fill it, what with). A value written into
+        # the statement is converted once; a value each call supplies goes through its
+        # column type's processor; a callable column default is called per execution.
+        slots: dict[str, tuple[str, int, Any]] = {}
         bind: BindParameter[Any]
         for bind, name in compiled.bind_names.items():
             process = bind_processor(bind.type, dialect)
             if bind.required:
-                self.given[name] = process
+                slots[name] = (name, _GIVEN, process)
             else:
-                self.fixed[name] = process(bind.effective_value)
-        # Python-side column defaults of an INSERT, which Core would compute per execution
-        self.defaults: dict[str, tuple[Callable[[Any], Any], Processor]] = {}
-        for column in compiled.insert_prefetch:
-            default, name = column.default, column.key
+                slots[name] = (name, _FIXED, process(bind.effective_value))
+        for column in compiled.insert_prefetch:  # Python-side defaults of an INSERT
+            default, process = column.default, bind_processor(column.type, dialect)
             if default.is_scalar:
-                self.fixed[name] = bind_processor(column.type, dialect)(default.arg)
-            else:  # a callable: SQLAlchemy hands it the execution context
-                self.defaults[name] = (default.arg, bind_processor(column.type, dialect))
-                del self.fixed[name]
+                slots[column.key] = (column.key, _FIXED, process(default.arg))
+            else:  # SQLAlchemy hands the callable the execution context
+                slots[column.key] = (column.key, _DEFAULT, (default.arg, process))
         if compiled.update_prefetch:
             raise NotImplementedError("Python-side onupdate defaults are not supported")
-        self.order = tuple(compiled.positiontup or ()) if compiled.positional else None
+        self.given = frozenset(name for name, how, _ in slots.values() if how == _GIVEN)
+        self.positional = compiled.positional
+        order = compiled.positiontup if compiled.positional else slots
+        self.slots = [slots[name] for name in order or ()]
 
     def parameters(self, values: dict[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
-        if values.keys() != self.given.keys():
-            missing = sorted(self.given.keys() - values.keys())
-            extra = sorted(values.keys() - self.given.keys())
-            raise TypeError(f"parameters missing {missing} or unknown {extra}")
-        params = self.fixed | {name: self.given[name](v) for name, v in values.items()}
-        for name, (make, process) in self.defaults.items():
-            params[name] = process(make(None))
-        if self.order is None:
-            return params
-        return tuple(params[name] for name in self.order)
+        """The driver's parameters for one call (a tuple in positional order, or a dict)."""
+        if len(values) != len(self.given) or not self.given.issuperset(values):
+            missing = sorted(self.given - values.keys())
+            unknown = sorted(values.keys() - self.given)
+            raise TypeError(f"parameters missing {missing} or unknown {unknown}")
+        filled: list[Any] = []
+        for name, how, what in self.slots:
+            if how == _FIXED:
+                filled.append(what)
+            elif how == _GIVEN:
+                filled.append(what(values[name]))
+            else:
+                make, process = what
+                filled.append(process(make(None)))
+        if self.positional:
+            return tuple(filled)
+        return {slot[0]: value for slot, value in zip(self.slots, filled, strict=True)}
+
+
+_FIXED, _GIVEN, _DEFAULT = range(3)
 
 
 class Prepared:
