@@ -274,6 +274,55 @@ def test_a_hard_bounce_suppresses_the_address_and_counts_once(
     assert '"hard_bounced": 1' in out
 
 
+def test_a_spam_complaint_suppresses_the_address_and_stops_every_sequence(
+    program: Project, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    contacts(program, ANA, BOB, SITI)
+    program.cli("tick")
+    ana_ask = message_id(program, "ana@example.com")
+    dovecot.append(
+        mail_user,
+        # Ana: the provider redacted her address; the copy of our email names it.
+        samples.arf(None, ana_ask, date=now(program)),
+        # The same complaint reported again (another report id): counted once.
+        samples.arf(None, ana_ask, date=now(program)),
+        # Bob: an email we cannot find, but the report names his address.
+        samples.arf("bob@example.com", "<gone@acme.example>", date=now(program)),
+        # Siti took a spam verdict back: nothing to do.
+        samples.arf(
+            "siti@example.com",
+            message_id(program, "siti@example.com"),
+            date=now(program),
+            feedback_type="not-spam",
+        ),
+        # A complaint about an email and an address that are not ours.
+        samples.arf("nobody@example.org", "<other@elsewhere.example>", date=now(program)),
+    )
+    code, out = program.cli("replies", "poll")
+    assert code == 0 and "2 spam complaints" in out and "1 seen before" in out, out
+    ana, bob = events(program, "complained")
+    assert ana.data["matched"] == "original" and ana.step_id == "ask"
+    assert bob.data["matched"] == "recipient" and bob.data["feedback_type"] == "abuse"
+    assert bob.step_id == "ask"  # his latest email
+    suppressed = rows(program, select(Suppression).order_by(Suppression.email))
+    assert [(x.email, x.reason) for x in suppressed] == [
+        ("ana@example.com", "spam complaint"),
+        ("bob@example.com", "spam complaint"),
+    ]
+    program.clock.advance(timedelta(days=4))
+    program.cli("tick")
+    stopped = rows(program, select(Enrollment.reason).where(Enrollment.status == "stopped"))
+    assert len(stopped) == 2 and all(r.startswith("complained") for r in stopped)
+    # Siti's reminder went out; Ana and Bob got nothing more, and the owner heard of both.
+    later = sent_to(program)[3:]
+    assert sorted(later) == [OWNER, OWNER, "siti@example.com"], later
+    subjects = [m.message["Subject"] for m in program.sink.messages if m.rcpt_tos[0] == OWNER]
+    assert sorted(subjects) == [
+        "Ana Lima <ana@example.com> marked an email as spam",
+        "Bob Reyes <bob@example.com> marked an email as spam",
+    ]
+
+
 NUDGES = """
 id: nudges
 name: Two nudges
@@ -409,6 +458,26 @@ def test_a_huge_attachment_is_never_downloaded(
         engine.close()
     assert stats.not_interested == 1  # the text after the attachment was read
     assert peak < 3_000_000, f"peak {peak / 1e6:.1f} MB while reading a {size / 1e6:.0f} MB email"
+
+
+def test_a_large_spam_report_is_read_part_by_part(
+    program: Project, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    contacts(program, ANA)
+    program.cli("tick")
+    report = samples.arf(
+        "ana@example.com", "<unknown@acme.example>", date=now(program), feedback_type="fraud"
+    )
+    # The provider's copy of our email, with a 2 MB body: far more than body_bytes. Only the
+    # report's own fields name the recipient and the type.
+    large = report.replace(b"Who are one or two people we could help?", b"x" * 76 * 28_000)
+    large = large.replace(b"x" * 76, b"x" * 76 + b"\r\n")
+    dovecot.append(mail_user, large)
+    stats = poll(program)
+    assert stats.complaints == 1, stats.summary()
+    (complained,) = events(program, "complained")
+    assert complained.data["matched"] == "recipient"
+    assert complained.data["feedback_type"] == "fraud"
 
 
 # -- the mailbox position ---------------------------------------------------------------------

@@ -428,6 +428,50 @@ def test_an_introduction_outweighs_a_polite_no(rules: Rules) -> None:
     assert verdict(raw, rules).kind == "reply"
 
 
+# -- spam complaints (feedback loops) ---------------------------------------------------------
+
+
+def test_a_feedback_loop_report_is_a_spam_complaint_with_its_fields(rules: Rules) -> None:
+    raw = samples.arf("Ana@Example.com", OURS, date=NOW)
+    parsed = parse_message(raw)
+    assert parsed.feedback is not None
+    assert (parsed.feedback.type, parsed.feedback.recipients) == ("abuse", ("ana@example.com",))
+    assert parsed.feedback.reporter == "ExampleMail-Feedback/2.0"
+    assert parsed.original_message_id == OURS  # the copy of our email it reports
+    found = verdict(raw, rules)
+    assert found.kind == "complaint" and "abuse" in found.why
+    # the provider's report is not a person's reply to the thread, nor a bounce
+    assert not found.bounces and not found.reply_text
+
+
+@pytest.mark.parametrize(
+    ("feedback_type", "kind"),
+    [
+        ("abuse", "complaint"),
+        ("fraud", "complaint"),
+        ("virus", "complaint"),
+        ("other", "complaint"),
+        ("not-spam", "ignored"),  # a verdict taken back
+        ("auth-failure", "ignored"),  # about our signatures, not the recipient's wishes
+    ],
+)
+def test_only_reports_of_unwanted_email_are_complaints(
+    feedback_type: str, kind: str, rules: Rules
+) -> None:
+    raw = samples.arf(None, OURS, date=NOW, feedback_type=feedback_type)
+    assert verdict(raw, rules).kind == kind
+
+
+def test_a_feedback_report_without_readable_fields_is_still_a_complaint(rules: Rules) -> None:
+    raw = email(
+        "From: fbl@isp.example\nContent-Type: multipart/report; "
+        'report-type=feedback-report; boundary="b"',
+        "--b\r\nContent-Type: text/plain\r\n\r\nThis is an abuse report.\r\n--b--\r\n",
+    )
+    found = verdict(raw, rules)
+    assert found.kind == "complaint" and "fbl@isp.example" in found.why
+
+
 # -- what is not ours, and what cannot be read ------------------------------------------------
 
 

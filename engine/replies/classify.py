@@ -1,10 +1,12 @@
-"""What an incoming email is: a reply, a "not interested", an auto-reply, a bounce, or none of
-our business. Pure: an ``Incoming`` and the ``Rules`` in, a ``Verdict`` out.
+"""What an incoming email is: a reply, a "not interested", an auto-reply, a bounce, a spam
+complaint, or none of our business. Pure: an ``Incoming`` and the ``Rules`` in, a ``Verdict``
+out.
 
-Order matters: a bounce first (bounces carry Auto-Submitted too), then an auto-reply, then a
-person's reply. A delivery failure is rated by ``engine.transport.classify``, the one place
-SMTP codes become hard / soft / policy: a DSN's Status and Diagnostic-Code, or the code a
-non-standard bounce quotes, are handed to it as the server's reply would have been.
+Order matters: a spam complaint (an ARF report) first, then a bounce (bounces carry
+Auto-Submitted too), then an auto-reply, then a person's reply. A delivery failure is rated by
+``engine.transport.classify``, the one place SMTP codes become hard / soft / policy: a DSN's
+Status and Diagnostic-Code, or the code a non-standard bounce quotes, are handed to it as the
+server's reply would have been.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from engine.replies.parse import Incoming
 from engine.replies.phrases import Match, Phrases, normalize
 from engine.transport import classify as classify_smtp
 
-Kind = Literal["reply", "not_interested", "auto_reply", "bounce", "ignored", "unreadable"]
+Kind = Literal[
+    "reply", "not_interested", "auto_reply", "bounce", "complaint", "ignored", "unreadable"
+]
 Severity = Literal["hard", "soft", "policy"]
 
 # Where a bounce's explanation ends and the returned message begins.
@@ -119,8 +123,10 @@ def classify_message(msg: Incoming, rules: Rules, now: datetime) -> Verdict:
         return Verdict("unreadable", f"no header fields ({', '.join(msg.defects) or 'empty'})")
     if msg.from_addr and msg.from_addr in rules.own_addresses:
         return Verdict("ignored", f"sent by us ({msg.from_addr})")
-    if msg.report_type in ("disposition-notification", "feedback-report"):
-        return Verdict("ignored", f"a {msg.report_type} report")
+    if msg.feedback is not None or msg.report_type == "feedback-report":
+        return _complaint(msg)
+    if msg.report_type == "disposition-notification":
+        return Verdict("ignored", "a read receipt")
     bounce = _bounce(msg, rules)
     if bounce is not None:
         return bounce
@@ -144,6 +150,24 @@ def classify_message(msg: Incoming, rules: Rules, now: datetime) -> Verdict:
     if said is not None:
         return Verdict("not_interested", f"said {said.phrase!r}", own_text, match=said)
     return Verdict("reply", "a person's reply", own_text)
+
+
+# -- spam complaints ---------------------------------------------------------------------------
+
+# Feedback types (RFC 5965, RFC 6650) saying the recipient did not want our email. "not-spam"
+# takes a verdict back and "auth-failure" is about our signatures: neither is a complaint.
+COMPLAINT_TYPES = frozenset({"abuse", "fraud", "virus", "other"})
+
+
+def _complaint(msg: Incoming) -> Verdict:
+    """A feedback-loop report (ARF): a complaint unless its type says otherwise. A report
+    without a readable Feedback-Type is taken as the abuse report feedback loops send."""
+    report = msg.feedback
+    kind = report.type if report is not None and report.type else "abuse"
+    reporter = (report.reporter if report is not None else "") or msg.from_addr or "unknown"
+    if kind not in COMPLAINT_TYPES:
+        return Verdict("ignored", f"a {kind} feedback report from {reporter}")
+    return Verdict("complaint", f"marked as spam ({kind} report from {reporter})")
 
 
 # -- bounces ---------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ went silent without closing.
 
 Memory: an email is read as its header plus the first ``body_bytes`` of its body. One larger
 than that is read part by part from its BODYSTRUCTURE: every MIME header, the first
-``body_bytes`` of each text and delivery-status part and the header of a returned email,
-never an attachment's content.
+``body_bytes`` of each text, delivery-status and feedback-report part and the header of a
+returned email, never an attachment's content.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ _READ_PARTS = frozenset(
         ("text", "rfc822-headers"),
         ("message", "delivery-status"),
         ("message", "global-delivery-status"),
+        ("message", "feedback-report"),
     }
 )
 _RETURNED_EMAILS = frozenset({("message", "rfc822"), ("message", "global")})

@@ -78,6 +78,16 @@ class DeliveryStatus:
 
 
 @dataclass(frozen=True)
+class FeedbackReport:
+    """The machine-readable part of an abuse report (ARF, RFC 5965) that a mailbox provider's
+    feedback loop sends when a recipient marks an email as spam."""
+
+    type: str  # Feedback-Type, lower case: abuse, fraud, virus, other, not-spam ...; "" if none
+    recipients: tuple[str, ...]  # Original-Rcpt-To addresses, lower case (providers may redact)
+    reporter: str  # User-Agent or Reporting-MTA: who sent the report
+
+
+@dataclass(frozen=True)
 class Incoming:
     """An incoming email, decoded for classification."""
 
@@ -97,6 +107,7 @@ class Incoming:
     delivery: tuple[DeliveryStatus, ...] = ()
     original_message_id: str | None = None  # of the message a bounce returns
     original_to: tuple[str, ...] = ()
+    feedback: FeedbackReport | None = None  # a message/feedback-report part's fields
     readable: bool = True  # False: no header field at all (not an email)
     defects: tuple[str, ...] = field(default=())
 
@@ -260,22 +271,36 @@ def _attachment(part: Message) -> bool:
     return disposition == "attachment"
 
 
-def _status_blocks(part: Message) -> list[dict[str, str]]:
-    """The header blocks of a delivery-status part (the parser splits them, unless the part
-    is malformed or was truncated: then they are split here)."""
+def _field_blocks(part: Message) -> list[list[tuple[str, str]]]:
+    """The blocks of fields of a delivery-status or feedback-report part, each as (lower-case
+    name, decoded value) pairs in order. The parser splits them, unless the part is malformed
+    or was truncated (or the parser does not know its type): then they are split here."""
     payload = part.get_payload()
-    blocks: list[dict[str, str]] = []
     if isinstance(payload, list):
-        for block in payload:
-            if isinstance(block, Message):
-                blocks.append({k.lower(): decode_header_value(v) for k, v in block.items()})
-        return blocks
-    text = payload if isinstance(payload, str) else ""
-    for chunk in re.split(r"\r?\n\s*\r?\n", text):
-        fields = HeaderParser(policy=compat32).parsestr(chunk.strip() + "\n", headersonly=True)
-        if len(fields):
-            blocks.append({k.lower(): decode_header_value(v) for k, v in fields.items()})
-    return blocks
+        found = [block for block in payload if isinstance(block, Message)]
+    else:
+        text = payload if isinstance(payload, str) else ""
+        found = [
+            HeaderParser(policy=compat32).parsestr(chunk.strip() + "\n", headersonly=True)
+            for chunk in re.split(r"\r?\n\s*\r?\n", text)
+        ]
+    blocks = [[(k.lower(), decode_header_value(v)) for k, v in block.items()] for block in found]
+    return [block for block in blocks if block]
+
+
+def _feedback(part: Message) -> FeedbackReport:
+    fields = [pair for block in _field_blocks(part) for pair in block]
+    first = dict(reversed(fields))  # the first occurrence of each field
+    return FeedbackReport(
+        type=first.get("feedback-type", "").strip().lower(),
+        recipients=tuple(
+            address
+            for name, value in fields
+            if name == "original-rcpt-to"
+            and (address := _address(_typed_value(value).strip("<> ")))
+        ),
+        reporter=(first.get("user-agent") or _typed_value(first.get("reporting-mta", "")))[:200],
+    )
 
 
 def _typed_value(value: str) -> str:
@@ -286,7 +311,8 @@ def _typed_value(value: str) -> str:
 
 def _delivery(part: Message) -> list[DeliveryStatus]:
     found = []
-    for block in _status_blocks(part):
+    for pairs in _field_blocks(part):
+        block = dict(pairs)
         recipient = block.get("final-recipient") or block.get("original-recipient")
         if recipient is None and "action" not in block:
             continue  # the per-message block
@@ -337,11 +363,14 @@ def parse_message(raw: bytes, *, text_limit: int = DEFAULT_TEXT_LIMIT) -> Incomi
     msg = BytesParser(policy=compat32).parsebytes(raw)
     text = html = ""
     delivery: list[DeliveryStatus] = []
+    feedback: FeedbackReport | None = None
     original: Message | None = None
     for part in _leaves(msg):
         ctype = part.get_content_type()
         if ctype in ("message/delivery-status", "message/global-delivery-status"):
             delivery += _delivery(part)
+        elif ctype == "message/feedback-report":
+            feedback = feedback or _feedback(part)
         elif ctype in ("message/rfc822", "message/global", "text/rfc822-headers"):
             if original is None and part is not msg:
                 original = _header_of(part)
@@ -378,6 +407,7 @@ def parse_message(raw: bytes, *, text_limit: int = DEFAULT_TEXT_LIMIT) -> Incomi
         delivery=tuple(delivery),
         original_message_id=original_id,
         original_to=original_to,
+        feedback=feedback,
         readable=bool(headers) or bool(len(msg)),
         defects=tuple(type(d).__name__ for p in msg.walk() for d in p.defects),
     )

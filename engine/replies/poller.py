@@ -48,6 +48,7 @@ class PollStats:
     hard_bounces: int = 0
     soft_bounces: int = 0
     policy_bounces: int = 0
+    complaints: int = 0  # spam complaints from feedback loops (ARF)
     introductions: int = 0
     ignored: int = 0
     duplicates: int = 0
@@ -67,6 +68,8 @@ class PollStats:
                 self.not_interested += 1
             case "auto_reply":
                 self.auto_replies += 1
+            case "complaint":
+                self.complaints += 1
             case "unreadable":
                 self.unreadable += 1
             case "bounce":
@@ -83,6 +86,7 @@ class PollStats:
             f"read {self.read}: {self.replies} replies, {self.not_interested} not interested, "
             f"{self.auto_replies} auto-replies, bounces {self.hard_bounces} hard / "
             f"{self.soft_bounces} soft / {self.policy_bounces} policy, "
+            f"{self.complaints} spam complaints, "
             f"{self.introductions} introductions, {self.ignored} not ours, "
             f"{self.duplicates} seen before, {self.unreadable} unreadable"
             + (" (UIDVALIDITY changed: mailbox read again)" if self.uidvalidity_changed else "")

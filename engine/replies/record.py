@@ -262,7 +262,14 @@ class _Lookups:
     def load(cls, engine: Engine, session: Session, emails: Seq[Incoming]) -> _Lookups:
         ids = {r for e in emails for r in (*e.refs[:20], e.original_message_id) if r}
         addresses = {
-            a for e in emails for a in (e.from_addr, *(d.recipient for d in e.delivery)) if a
+            a
+            for e in emails
+            for a in (
+                e.from_addr,
+                *(d.recipient for d in e.delivery),
+                *(e.feedback.recipients if e.feedback else ()),
+            )
+            if a
         }
         messages: dict[str, Message] = {}
         for chunk in _chunks(sorted(ids)):
@@ -335,6 +342,8 @@ class _Recorder:
             return Outcome(kind, why)
         if kind == "bounce":
             return self._bounces()
+        if kind == "complaint":
+            return self._complaint()
         message, contact, how = self._match()
         if contact is None:
             return Outcome("ignored", f"{why}; from {self.incoming.from_addr or '?'}: not ours")
@@ -522,6 +531,40 @@ class _Recorder:
         return moved
 
     # -- bounces -----------------------------------------------------------------------------
+
+    def _complaint(self) -> Outcome:
+        """A recipient marked our email as spam (a feedback-loop report): record it once per
+        email and suppress the address; the planner stops every sequence of the contact on a
+        ``complained`` event. The report's copy of our email says which email (its
+        Message-ID); providers that redact it still name the recipient."""
+        incoming = self.incoming
+        report = incoming.feedback
+        returned = [incoming.original_message_id] if incoming.original_message_id else []
+        message = self.lookups.sent(returned)
+        contact = self.lookups.contact_of(message) if message is not None else None
+        how = "original"
+        if contact is None:
+            named = (*(report.recipients if report else ()), *incoming.original_to)
+            contact = next(filter(None, map(self.lookups.contact, named)), None)
+            message, how = (self.lookups.latest(contact), "recipient") if contact else (None, "")
+        if contact is None:
+            return Outcome("ignored", f"{self.verdict.why}; not about an email of ours")
+        about = str(message.id) if message is not None else contact.email
+        if not first_time(self.session, f"complaint:{about}", "complaint", self.now):
+            return Outcome("complaint", f"{self.verdict.why}; already counted", duplicate=True)
+        data = {
+            "source": "feedback_loop",
+            "matched": how,
+            "feedback_type": report.type if report else "",
+            "reporter": (report.reporter if report else "") or incoming.from_addr,
+            "report_id": incoming.identity[:250],
+        }
+        ev = self._event("complained", contact, message, data)
+        suppress(self.session, contact.email, "spam complaint", self.now)
+        who = self._who(contact)
+        lead = f"{who} marked our email as spam: the address is suppressed, every sequence stops."
+        self._note("complained", f"{who} marked an email as spam"[:200], contact, ev, lead)
+        return Outcome("complaint", self.verdict.why, contact.email, suppressed=True)
 
     def _bounces(self) -> Outcome:
         incoming = self.incoming

@@ -1,4 +1,5 @@
-"""Realistic incoming emails as raw bytes: a person's reply, an out-of-office, a DSN bounce.
+"""Realistic incoming emails as raw bytes: a person's reply, an out-of-office, a DSN bounce,
+a feedback-loop spam complaint (ARF).
 
 The demo feeds them to ``process_message`` (the poller's own path) where no IMAP server runs,
 the benchmark fills a mailbox with them, and the tests start from them.
@@ -124,6 +125,66 @@ From: Acme Team <{sender}>
 To: {recipient}
 Subject: Who could you introduce?
 Message-ID: {original_id}
+
+--{boundary}--
+"""
+    return text.replace("\n", "\r\n").encode()
+
+
+def arf(
+    recipient: str | None,
+    original_id: str,
+    *,
+    date: datetime,
+    feedback_type: str = "abuse",
+    sender: str = "team@acme.example",
+    reporter: str = "feedback@arf.mail.example.net",
+    message_id: str | None = None,
+) -> bytes:
+    """A feedback-loop abuse report (ARF, RFC 5965, as large mailbox providers send them)
+    saying that ``recipient`` marked our email ``original_id`` as spam. ``recipient`` None:
+    the provider redacted the address, as many do; only the Message-ID is left to match."""
+    boundary = secrets.token_hex(8)
+    rcpt = f"Original-Rcpt-To: <{recipient}>\n" if recipient else ""
+    to = recipient or "redacted@mail.example.net"
+    text = f"""\
+From: Mail Feedback Loop <{reporter}>
+To: fbl@acme.example
+Subject: FW: Who could you introduce?
+Date: {format_datetime(date)}
+Message-ID: {message_id or f"<{secrets.token_hex(12)}@arf.mail.example.net>"}
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=feedback-report; boundary="{boundary}"
+
+--{boundary}
+Content-Type: text/plain; charset="US-ASCII"
+
+This is an email abuse report for an email message received from IP 203.0.113.7 on
+{format_datetime(date)}. For more information about this format please see
+https://www.rfc-editor.org/rfc/rfc5965.
+
+--{boundary}
+Content-Type: message/feedback-report
+
+Feedback-Type: {feedback_type}
+User-Agent: ExampleMail-Feedback/2.0
+Version: 1
+Original-Mail-From: <{sender}>
+{rcpt}Arrival-Date: {format_datetime(date)}
+Source-IP: 203.0.113.7
+Reported-Domain: acme.example
+
+--{boundary}
+Content-Type: message/rfc822
+Content-Disposition: inline
+
+From: Acme Team <{sender}>
+To: {to}
+Subject: Who could you introduce?
+Message-ID: {original_id}
+Feedback-ID: ask:referral-ask:referral:acme
+
+Who are one or two people we could help?
 
 --{boundary}--
 """
