@@ -501,6 +501,7 @@ REPORT_TABLE = (
     ("reply_rate", "reply rate"),
     ("auto_replied", "auto-replied"),
     ("unsubscribed", "unsubscribed"),
+    ("complained", "complained"),
 )
 
 

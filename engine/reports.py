@@ -3,7 +3,7 @@ funnel, referral rate, revenue, CAC, LTV and top referrers (README "Metrics" def
 
 Every figure is aggregated in the database (GROUP BY over covering indexes, see
 ``ix_messages_report``, and ``engine.store.engagement`` for what each email's row knows of its
-opens, clicks, replies and bounces); no query returns a row per email or event.
+opens, clicks, replies, bounces and complaints); no query returns a row per email or event.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class StepRow:
     soft_bounced: int = 0  # of ``bounced``: mailbox full, delayed, refused for now
     opened_machine: int = 0  # emails with an open by an image proxy (Apple MPP, Gmail)
     clicked_machine: int = 0  # emails with a click by a link scanner
+    complained: int = 0  # emails their recipient marked as spam (feedback-loop reports)
     period: str | None = None  # "2026-W10", "2026-03"; None: the whole window
 
     @property
@@ -568,6 +569,8 @@ COLUMNS = (
     "opened_machine",
     "clicked_machine",
     "period",
+    # added with complaints (migration 0006): after the period, so the columns above keep theirs
+    "complained",
 )
 
 FUNNEL_COLUMNS = (

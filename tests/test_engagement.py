@@ -1,7 +1,8 @@
 """Each email's engagement mask (``messages.engaged``), kept by database triggers on SQLite and
 PostgreSQL: set by every kind of event insert, worked out again when a click turns out to be a
-scanner's, filled in by migration 0005 for events recorded before it, and a schema that
-matches the models after every migration."""
+scanner's, filled in by migration 0005 for events recorded before it (and by 0006 for
+complaints), the right triggers after every upgrade and downgrade, and a schema that matches
+the models after every migration."""
 
 from __future__ import annotations
 
@@ -35,6 +36,13 @@ def bare(db_url: str) -> Iterator[Database]:
 
 def migrate_to(db: Database, revision: str) -> None:
     command.upgrade(_alembic_config(db.engine), revision)
+
+
+def back_to_0005(db: Database) -> None:
+    """Head, then down to 0005: its own triggers, which know no complaints. (Upgrading straight
+    to 0005 would not do: 0005 builds its triggers from today's engagement module.)"""
+    migrate_to(db, "head")
+    command.downgrade(_alembic_config(db.engine), "0005")
 
 
 def seed(conn: Connection, emails: int) -> None:
@@ -88,6 +96,21 @@ def masks(conn: Connection) -> dict[int, int]:
     return dict(conn.execute(text("SELECT id, engaged FROM messages ORDER BY id")).all())
 
 
+def triggers(conn: Connection) -> dict[str, str]:
+    """The triggers on ``events``: name -> definition, as the database keeps it."""
+    if conn.dialect.name == "sqlite":
+        query = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
+    else:
+        query = (
+            "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger"
+            " WHERE tgrelid = 'events'::regclass AND NOT tgisinternal"
+        )
+    return dict(conn.exec_driver_sql(query).all())
+
+
+TRIGGERS = {"tr_events_engaged", "tr_events_engaged_machine"}
+
+
 HARD = '{"hard": true, "code": 550}'
 SOFT = '{"hard": false}'
 
@@ -95,7 +118,7 @@ SOFT = '{"hard": false}'
 def test_every_engagement_event_sets_its_one_bit(bare: Database) -> None:
     migrate_to(bare, "head")
     with bare.engine.begin() as conn:
-        seed(conn, 7)
+        seed(conn, 8)
         record(conn, "opened", 1)
         record(conn, "opened", 1)  # a repeat changes nothing
         record(conn, "opened", 1, machine=True)
@@ -107,6 +130,7 @@ def test_every_engagement_event_sets_its_one_bit(bare: Database) -> None:
         record(conn, "bounced", 5, data="{}")  # no flag: soft
         record(conn, "auto_replied", 6)
         record(conn, "purchase", 7)  # not engagement
+        record(conn, "complained", 8)
         record(conn, "nps.answered", None)  # no email
         found = masks(conn)
     assert found == {
@@ -117,6 +141,7 @@ def test_every_engagement_event_sets_its_one_bit(bare: Database) -> None:
         5: bits.SOFT_BOUNCED,
         6: bits.AUTO_REPLIED,
         7: 0,
+        8: bits.COMPLAINED,
     }
 
 
@@ -186,6 +211,69 @@ def test_downgrade_removes_the_triggers_and_upgrade_restores_them(bare: Database
     if bare.engine.dialect.name == "sqlite":  # the pooled connection has its keys back on
         with bare.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_migration_0006_marks_the_complaints_recorded_before_it(bare: Database) -> None:
+    back_to_0005(bare)
+    with bare.engine.begin() as conn:
+        seed(conn, 3)
+        record(conn, "opened", 1)
+        record(conn, "complained", 1)
+        record(conn, "complained", 2)
+        record(conn, "complained", 2)  # twice: still one bit
+        record(conn, "complained", None)  # about no email: nothing to mark
+        before = masks(conn)
+    migrate_to(bare, "head")
+    with bare.engine.begin() as conn:
+        found = masks(conn)
+    assert before == {1: bits.OPENED, 2: 0, 3: 0}
+    assert found == {1: bits.OPENED | bits.COMPLAINED, 2: bits.COMPLAINED, 3: 0}
+
+
+def test_downgrade_to_0005_puts_its_triggers_back_and_upgrade_the_new_ones(
+    bare: Database,
+) -> None:
+    migrate_to(bare, "head")
+    with bare.engine.begin() as conn:
+        seed(conn, 4)
+        record(conn, "clicked", 1)
+        record(conn, "complained", 1)
+        scanned = record(conn, "clicked", 4)
+        assert masks(conn)[1] == bits.CLICKED | bits.COMPLAINED
+    command.downgrade(_alembic_config(bare.engine), "0005")
+    with bare.engine.begin() as conn:
+        at_0005 = triggers(conn)
+        cleared = masks(conn)
+        record(conn, "opened", 2)  # 0005's insert trigger sets the bits it knows
+        record(conn, "complained", 3)  # but not this one
+        conn.execute(  # and its machine trigger recounts
+            text("UPDATE events SET machine = :t WHERE id = :id"), {"t": True, "id": scanned}
+        )
+        found = masks(conn)
+    assert set(at_0005) == TRIGGERS
+    assert not any("complained" in definition for definition in at_0005.values())
+    assert cleared == {1: bits.CLICKED, 2: 0, 3: 0, 4: bits.CLICKED}
+    assert found == {1: bits.CLICKED, 2: bits.OPENED, 3: 0, 4: bits.CLICKED_MACHINE}
+
+    migrate_to(bare, "head")
+    with bare.engine.begin() as conn:
+        back = masks(conn)
+        record(conn, "complained", 2)
+        after = masks(conn)[2]
+        at_head = triggers(conn)
+    assert back == {
+        1: bits.CLICKED | bits.COMPLAINED,
+        2: bits.OPENED,
+        3: bits.COMPLAINED,
+        4: bits.CLICKED_MACHINE,
+    }
+    assert after == bits.OPENED | bits.COMPLAINED
+    assert set(at_head) == TRIGGERS
+    assert "complained" in at_head["tr_events_engaged"]
+    if bare.engine.dialect.name == "sqlite":
+        assert sorted(at_head.values()) == sorted(bits.create_triggers_sql("sqlite"))
+        # no IN list in a WHEN clause: SQLite would build a temporary index for every row
+        assert not [d for d in at_head.values() if " IN (" in d.partition(" BEGIN ")[0]]
 
 
 # SQLite's reflection skips expression indexes (ix_messages_report); PostgreSQL's compares it.

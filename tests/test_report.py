@@ -9,7 +9,7 @@ emails   ask/ask to ann (Thu 02-26), bob (Sun 03-01), cid and dan (Tue 03-03); a
          to ann (03-03) and one queued for bob; thanks/thanks to ann (03-04)
 ann ask  opened by a person 02-26 and again 03-02, by a proxy 02-26; clicked by a person
          02-27, by a scanner 02-26
-bob ask  opened and clicked by machines only (03-01)
+bob ask  opened and clicked by machines only (03-01), marked as spam by bob (03-02)
 cid ask  opened 03-03, replied and unsubscribed 03-04; dan's ask hard-bounced 03-03
 reminder opened and clicked by ann 03-03
 visits   ann's referral page 02-27 and 03-03 (people) and 03-03 (a scanner); bob's 03-01
@@ -138,6 +138,7 @@ def build_program(project: Project) -> Project:
         event("clicked", "02-26", on=ann, machine=True)
         event("opened", "03-01", on=bob, machine=True)
         event("clicked", "03-01", on=bob, machine=True)
+        event("complained", "03-02", on=bob)
         event("opened", "03-03", on=cid)
         event("replied", "03-04", on=cid)
         event("unsubscribed", "03-04", on=cid)
@@ -230,8 +231,10 @@ def test_opens_and_clicks_by_people_and_machines_are_counted_apart(program: Proj
     assert (ask["clicked"], ask["clicked_machine"]) == (1, 2)
     assert ask["ctr"] == 0.5  # 1 clicked / 2 opened, people only
     assert (ask["replied"], ask["unsubscribed"], ask["reply_rate"]) == (1, 1, 0.25)
+    assert ask["complained"] == 1  # bob's
     reminder = rows[(None, "ask", "reminder")]
     assert (reminder["sent"], reminder["queued"], reminder["delivered"]) == (1, 1, 1)
+    assert reminder["complained"] == 0
     assert (reminder["opened"], reminder["clicked"], reminder["ctr"]) == (1, 1, 1.0)
     thanks = rows[(None, "thanks", "thanks")]
     assert (thanks["sent"], thanks["opened"], thanks["ctr"]) == (1, 0, None)
@@ -290,6 +293,8 @@ def test_by_week_emails_fall_in_the_iso_week_they_were_sent_with_what_they_got(
     w09, w10 = rows[("2026-W09", "ask", "ask")], rows[("2026-W10", "ask", "ask")]
     assert (w09["sent"], w09["opened"], w09["opened_machine"], w09["clicked"]) == (2, 1, 2, 1)
     assert (w09["clicked_machine"], w09["bounced"], w09["ctr"]) == (2, 0, 1.0)
+    # bob complained on Monday 03-02 about the email of Sunday 03-01: week 9
+    assert (w09["complained"], w10["complained"]) == (1, 0)
     # ann's email, opened again on Monday 03-02, counts once, in week 9 when it was sent
     assert (w10["sent"], w10["opened"], w10["bounced"], w10["delivered"]) == (2, 1, 1, 1)
     assert (w10["replied"], w10["unsubscribed"], w10["ctr"]) == (1, 1, 0.0)
@@ -339,6 +344,7 @@ def test_since_and_until_bound_every_figure(program: Project) -> None:
     ask = rows[(None, "ask", "ask")]
     # cid's and dan's: ann's, opened again on 03-02, was sent before the window
     assert (ask["sent"], ask["opened"], ask["opened_machine"], ask["bounced"]) == (2, 1, 0, 1)
+    assert ask["complained"] == 0  # bob's complaint is in the week, his email is not
     funnel = data["referrals"]
     assert (funnel["asked"], funnel["visits"], funnel["referrals"], funnel["converted"]) == (
         3,
@@ -389,8 +395,8 @@ def test_csv_gives_the_steps_the_funnel_or_the_top_referrers(program: Project) -
 
     step_table = csv()  # one table, as before: its columns first, the new ones after
     assert step_table[0].startswith("sequence,step,queued,sent,failed,held,cancelled,bounced")
-    assert step_table[0].endswith(",ctr,delivered,opened_machine,clicked_machine,period")
-    assert "ask,ask,0,2,0,0,0,0,0,0,1,1,0,0.0,0,0,1.0,2,2,2,2026-W09" in step_table
+    assert step_table[0].endswith(",ctr,delivered,opened_machine,clicked_machine,period,complained")
+    assert "ask,ask,0,2,0,0,0,0,0,0,1,1,0,0.0,0,0,1.0,2,2,2,2026-W09,1" in step_table
     funnel_table = csv("--table", "funnel")
     assert funnel_table[0].startswith("period,asked,visits,machine_visits,visit_rate,referrals")
     assert funnel_table[1].startswith("total,4,3,1,0.75,4,1,")

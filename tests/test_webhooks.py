@@ -535,8 +535,14 @@ def test_enqueue_is_idempotent_and_two_enqueuers_make_no_duplicates(
 
 
 def test_two_workers_never_deliver_the_same_row_twice(
-    hooked: Project, engine: Engine, receiver: Receiver
+    make_project: Callable[..., Project], receiver: Receiver
 ) -> None:
+    # A generous timeout: on a loaded machine a worker's first pass (new client, ten connects)
+    # can take longer than TIMEOUT, and an attempt given up is retried only 30 s later.
+    hooked = make_project(
+        shipped=False, extra=hooks_toml(f"{receiver.url}/hooks", timeout_seconds=10.0)
+    )
+    engine = hooked.engine()
     with engine.db.write() as session:
         events = [{"type": "replied", "occurred_at": MONDAY, "data": {}}] * (4 * CONCURRENCY)
         session.execute(insert(Event), events)
@@ -558,13 +564,14 @@ def test_two_workers_never_deliver_the_same_row_twice(
             t.start()
         for t in threads:
             t.join()
+        delivered = [h.headers["X-Engine-Delivery"] for h in receiver.hits]
+        assert sorted(delivered) == sorted(str(r.id) for r in rows(engine))
+        assert sum(s.delivered for s in results) == 4 * CONCURRENCY
+        assert sum(s.lost for s in results) == 0
+        assert {r.status for r in rows(engine)} == {"delivered"}
     finally:
         other.close()
-    delivered = [h.headers["X-Engine-Delivery"] for h in receiver.hits]
-    assert sorted(delivered) == sorted(str(r.id) for r in rows(engine))
-    assert sum(s.delivered for s in results) == 4 * CONCURRENCY
-    assert sum(s.lost for s in results) == 0
-    assert {r.status for r in rows(engine)} == {"delivered"}
+        engine.close()
 
 
 def test_a_crashed_worker_rows_come_back_and_its_late_result_is_fenced(

@@ -1,10 +1,10 @@
 """What happened to each email, kept on its outbox row as a bitmask (``messages.engaged``).
 
-Reports count emails opened, clicked, replied to, bounced... per step; counting distinct emails
-over the events table costs a pass over every event. Instead each engagement event sets one bit
-on its email, and a report is one pass over the outbox. The database maintains the mask with
-triggers (migration 0005), so every way an event is written (tracking app, IMAP poller, sender,
-CLI, API, bulk SQL) keeps it right:
+Reports count emails opened, clicked, replied to, bounced, complained about... per step;
+counting distinct emails over the events table costs a pass over every event. Instead each
+engagement event sets one bit on its email, and a report is one pass over the outbox. The
+database maintains the mask with triggers (migration 0005; 0006 added complaints), so every way
+an event is written (tracking app, IMAP poller, sender, CLI, API, bulk SQL) keeps it right:
 
 - an INSERT into ``events`` with a ``message_id`` sets the event's bit (an UPDATE only when the
   bit is not set yet: repeated opens write nothing);
@@ -14,7 +14,8 @@ CLI, API, bulk SQL) keeps it right:
 Deleting events leaves the mask as it is: erasure keeps anonymous counts. A migration that
 recreates ``events`` (Alembic batch mode on SQLite) must create the triggers again.
 
-The bit values are stored data: never renumber them.
+The bit values are stored data: never renumber them. A new bit takes a migration that creates
+the triggers again and sets the bit from the events already recorded (as 0006 did).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ UNSUBSCRIBED = 32
 HARD_BOUNCED = 64
 SOFT_BOUNCED = 128
 AUTO_REPLIED = 256
+COMPLAINED = 512  # marked as spam by the recipient (a feedback-loop report)
 
 # Event type -> its bit (opens and clicks: the human one; the machine one is the next bit).
 TYPES = {
@@ -37,6 +39,7 @@ TYPES = {
     "unsubscribed": UNSUBSCRIBED,
     "bounced": HARD_BOUNCED,
     "auto_replied": AUTO_REPLIED,
+    "complained": COMPLAINED,
 }
 _MACHINE_TYPES = ("opened", "clicked")
 _OPEN_CLICK_BITS = OPENED | OPENED_MACHINE | CLICKED | CLICKED_MACHINE
@@ -44,6 +47,12 @@ _OPEN_CLICK_BITS = OPENED | OPENED_MACHINE | CLICKED | CLICKED_MACHINE
 
 def _names(types: tuple[str, ...]) -> str:
     return ", ".join(f"'{t}'" for t in types)
+
+
+def _any_of(types: tuple[str, ...]) -> str:
+    """SQL: ``NEW.type`` is one of ``types``. Equalities, not ``IN (...)``: in a trigger's WHEN
+    SQLite builds a temporary index of an IN list for every row written."""
+    return "(" + " OR ".join(f"NEW.type = '{t}'" for t in types) + ")"
 
 
 def _hard(row: str, dialect: str) -> str:
@@ -64,6 +73,7 @@ def bit_sql(row: str, dialect: str) -> str:
         f" WHEN 'bounced' THEN CASE WHEN {_hard(row, dialect)} THEN {HARD_BOUNCED}"
         f" ELSE {SOFT_BOUNCED} END"
         f" WHEN 'auto_replied' THEN {AUTO_REPLIED}"
+        f" WHEN 'complained' THEN {COMPLAINED}"
         " ELSE 0 END"
     )
 
@@ -96,9 +106,9 @@ def _recount_open_click(dialect: str) -> str:
     )
 
 
-_ON_INSERT = f"NEW.message_id IS NOT NULL AND NEW.type IN ({_names(tuple(TYPES))})"
+_ON_INSERT = f"NEW.message_id IS NOT NULL AND {_any_of(tuple(TYPES))}"
 _ON_MACHINE = (
-    f"NEW.message_id IS NOT NULL AND NEW.type IN ({_names(_MACHINE_TYPES)})"
+    f"NEW.message_id IS NOT NULL AND {_any_of(_MACHINE_TYPES)}"
     " AND NEW.machine IS DISTINCT FROM OLD.machine"
 )
 # name -> (timing and event, condition, body)
@@ -158,4 +168,5 @@ FIELDS = {
     "hard_bounced": HARD_BOUNCED,
     "soft_bounced": SOFT_BOUNCED,
     "auto_replied": AUTO_REPLIED,
+    "complained": COMPLAINED,
 }
