@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 from sqlalchemy import select
 
@@ -99,6 +99,48 @@ def validate(settings: Settings, paths: list[Path], console: Console) -> int:
     return EXIT_OK
 
 
+# Progress bars show from this much work on: below it the command is over in a moment.
+IMPORT_BAR_FROM = 2000  # rows
+SEND_BAR_FROM = 200  # emails (an SMTP relay takes tens to hundreds a second)
+
+
+def _bar(console: Console, label: str, *, disable: bool = False) -> Progress:
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        transient=True,
+        disable=disable,
+    )
+
+
+class SendBar:
+    """The ``tick`` command's progress bar over the emails due (a ``SendProgress``); shown
+    only when at least ``SEND_BAR_FROM`` are due."""
+
+    def __init__(self, console: Console) -> None:
+        self.bar = _bar(console, "sending")
+        self.task: TaskID | None = None
+        self.due = self.done = 0
+
+    def start(self, due: int) -> None:
+        self.due = due
+        if due >= SEND_BAR_FROM:
+            self.task = self.bar.add_task("send", total=due)
+            self.bar.start()
+
+    def advance(self, emails: int) -> None:
+        self.done += emails
+        if self.task is not None:
+            # More can fall due while sending: the total grows rather than overflow.
+            self.bar.update(self.task, completed=self.done, total=max(self.due, self.done))
+
+    def close(self) -> None:
+        if self.task is not None:  # rich's stop prints a line even for a bar never shown
+            self.bar.stop()
+
+
 def import_contacts(engine: Engine, path: Path, console: Console) -> int:
     from engine.contacts import import_contacts as run_import
 
@@ -106,14 +148,7 @@ def import_contacts(engine: Engine, path: Path, console: Console) -> int:
         raise ImportRowError(f"{path}: not a file" if path.exists() else f"{path}: no such file")
     with path.open("rb") as fh:  # counting lines needs no decoding
         total = max(sum(1 for _ in fh) - 1, 0)
-    with Progress(
-        TextColumn("importing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=console,
-        transient=True,
-        disable=total < 2000,
-    ) as bar:
+    with _bar(console, "importing", disable=total < IMPORT_BAR_FROM) as bar:
         task = bar.add_task("import", total=total)
         report = run_import(
             engine.db, path, engine.clock.now(), progress=lambda n: bar.advance(task, n)
@@ -190,7 +225,11 @@ def print_tick(result: TickResult, console: Console, now: str) -> None:
 
 async def tick(engine: Engine, console: Console) -> int:
     require_real_secret(engine.settings)
-    result = await one_tick(engine)
+    bar = SendBar(console)
+    try:
+        result = await one_tick(engine, progress=bar)
+    finally:
+        bar.close()
     print_tick(result, console, f"{engine.clock.now():%Y-%m-%d %H:%M} UTC")
     return EXIT_OK
 

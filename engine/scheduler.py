@@ -21,7 +21,7 @@ from engine.errors import TemplateError
 from engine.notify import Notifier
 from engine.planner import Planner, PlanStats
 from engine.rendering import Renderer
-from engine.sender import Sender, SendStats
+from engine.sender import Sender, SendProgress, SendStats
 from engine.sequences import LoadResult, Sequence, load_sequences
 from engine.settings import Settings
 from engine.store.db import Database
@@ -112,18 +112,20 @@ async def tick(
     stop: asyncio.Event | None = None,
     *,
     webhooks: bool = True,
+    progress: SendProgress | None = None,
 ) -> TickResult:
     """One pass at the clock's now: plan, send what is due, then react to what sending caused.
 
     ``webhooks``: then queue new webhook deliveries and make one bounded delivery pass (off in
-    ``run``, whose webhooks service delivers without holding up the next tick).
+    ``run``, whose webhooks service delivers without holding up the next tick). ``progress``
+    follows the sending (the ``tick`` command's progress bar).
     """
     planner = engine.planner()
     plan = planner.plan()
     own = transport is None
     transport = transport or SmtpTransport(engine.settings.smtp)
     try:
-        sent = await engine.sender(transport).send_due(stop)
+        sent = await engine.sender(transport).send_due(stop, progress)
         notes = await Notifier(engine.db, engine.settings, engine.clock, transport).send_due()
     finally:
         if own:

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from sqlalchemy import (
     Connection,
@@ -67,6 +67,16 @@ class SendStats:
     deferred: int = 0  # due while the send window was closed: queued for its opening
     paused: bool = False
     errors: list[str] = field(default_factory=list)
+
+
+class SendProgress(Protocol):
+    """Told how much a ``send_due`` has ahead of it and how far it got (a progress bar)."""
+
+    def start(self, due: int) -> None:
+        """``due`` emails can be claimed now (more may fall due while sending)."""
+
+    def advance(self, emails: int) -> None:
+        """That many claimed emails were dealt with: sent, retried, failed, held or skipped."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +178,10 @@ _START_NEXT_WAIT = Prepared(
 LOAD_CHUNK = 500
 
 
+def _nothing(emails: int) -> None:
+    """No progress to report."""
+
+
 def active_pause(session: Session, now: datetime) -> Alert | None:
     """The alert that currently pauses sending, if any."""
     return session.scalars(
@@ -203,15 +217,16 @@ class Sender:
 
     # -- claiming ----------------------------------------------------------------------------
 
-    def claim(self, limit: int) -> list[Claimed]:
-        """Take up to ``limit`` due rows (or rows whose lease expired) under a fresh lease."""
-        now = self.clock.now()
+    @staticmethod
+    def _claimable(columns: Any, now: datetime) -> Any:
+        """Rows ``claim`` may take at ``now``: due (or their lease expired) and still wanted."""
         pending_event = exists().where(
             Event.contact_id == Message.contact_id, Event.handled_at.is_(None)
         )
         suppressed = exists().where(Suppression.email == Contact.email)
-        candidates = (
-            select(Message.id)
+        return (
+            select(columns)
+            .select_from(Message)
             .join(Enrollment, Enrollment.id == Message.enrollment_id)
             .join(Contact, Contact.id == Message.contact_id)
             .where(
@@ -224,9 +239,17 @@ class Sender:
                 ~suppressed,
                 ~pending_event,
             )
-            .order_by(Message.due_at)
-            .limit(limit)
         )
+
+    def count_due(self) -> int:
+        """How many emails ``claim`` could take now (for a progress bar; not a promise)."""
+        with self.db.session() as session:
+            return session.scalar(self._claimable(func.count(), self.clock.now())) or 0
+
+    def claim(self, limit: int) -> list[Claimed]:
+        """Take up to ``limit`` due rows (or rows whose lease expired) under a fresh lease."""
+        now = self.clock.now()
+        candidates = self._claimable(Message.id, now).order_by(Message.due_at).limit(limit)
         if self.db.is_postgres:
             candidates = candidates.with_for_update(skip_locked=True, of=Message)
         stmt = (
@@ -269,24 +292,33 @@ class Sender:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    async def send_due(self, stop: asyncio.Event | None = None) -> SendStats:
+    async def send_due(
+        self, stop: asyncio.Event | None = None, progress: SendProgress | None = None
+    ) -> SendStats:
         """Send everything due now, batch by batch, until none is left, a pause, or ``stop``."""
         stats = SendStats()
         batch_size = self.settings.schedule.batch_size
+        if progress is not None:
+            progress.start(await asyncio.to_thread(self.count_due))
         while not (stop and stop.is_set()) and not stats.paused:
             claimed = self.claim(batch_size)
             if not claimed:
                 break
-            await self.deliver(claimed, stats, stop)
+            await self.deliver(claimed, stats, stop, progress)
         return stats
 
     async def deliver(
-        self, claimed: list[Claimed], stats: SendStats, stop: asyncio.Event | None
+        self,
+        claimed: list[Claimed],
+        stats: SendStats,
+        stop: asyncio.Event | None,
+        progress: SendProgress | None = None,
     ) -> None:
         """Send a claimed batch over ``connections`` workers; release what a stop left unsent."""
         loaded = self._load(claimed)
         pending = deque(claimed)
         untouched: list[Claimed] = []
+        dealt_with = progress.advance if progress is not None else _nothing
 
         def halted() -> bool:
             return stats.paused or (stop is not None and stop.is_set())
@@ -300,8 +332,11 @@ class Sender:
                     untouched.append(c)
                 elif row is None:  # claimed again by another worker before the batch was loaded
                     stats.skipped += 1
+                    dealt_with(1)
                 elif (ready := self._prepare(c, row, stats)) is not None:
                     return c, ready
+                else:  # held, deferred to the window's opening, or its step is gone
+                    dealt_with(1)
             return None
 
         async def worker(conn: Connection) -> None:
@@ -332,6 +367,7 @@ class Sender:
                 upcoming = prepare_next()
                 if not mine:
                     stats.skipped += 1
+                    dealt_with(1)
                     if mine is None:
                         log.info("email_stopped_before_smtp message=%s", c.id)
                     else:
@@ -349,6 +385,7 @@ class Sender:
                     self._fail(c, exc, stats)
                 else:
                     unrecorded = (c, ready.subject)
+                dealt_with(1)
             if unrecorded is not None:
                 await self._record_sent(unrecorded[0], stats, unrecorded[1], conn)
 

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from engine.cli import main
 from tests.conftest import ROOT, Project
-from tests.scenario import ASK, TEMPLATES, contacts, engine_command, setup
+from tests.scenario import ASK, HEADER, TEMPLATES, contacts, engine_command, setup
 
 ANA = "ana@example.com,Ana,Lima,Lima Co,UTC,10,2026-01-01,2025-01-01,,en,customer"
 
@@ -181,3 +181,54 @@ def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path: Path) -> None:
     )
     assert code == 2
     assert (precious / "thesis.txt").read_text() == "years of work"
+
+
+def test_engine_now_and_engine_settings_stand_in_for_the_options(
+    program: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    contacts(program, ANA)
+    monkeypatch.setenv("ENGINE_SETTINGS", str(program.settings_path))
+    monkeypatch.setenv("ENGINE_NOW", "2026-03-02T09:30:00+00:00")
+
+    def tick(*options: str) -> str:
+        out = io.StringIO()
+        console = Console(file=out, width=220, color_system=None)
+        assert main([*options, "tick"], console=console) == 0, out.getvalue()
+        return out.getvalue()
+
+    assert tick().startswith("2026-03-02 09:30 UTC: enrolled 1,")
+    # the option wins over the environment
+    assert tick("--now", "2026-03-09T10:00:00Z").startswith("2026-03-09 10:00 UTC:")
+    monkeypatch.setenv("ENGINE_SETTINGS", str(program.dir / "missing.toml"))
+    out = io.StringIO()
+    assert main(["tick"], console=Console(file=out, width=220)) == 2
+    assert "missing.toml" in out.getvalue()
+
+
+@pytest.mark.parametrize("many", [True, False], ids=["bar", "quiet"])
+def test_long_imports_and_sends_show_a_progress_bar(
+    program: Project, monkeypatch: pytest.MonkeyPatch, many: bool
+) -> None:
+    import engine.commands
+
+    rows = [ANA.replace("ana@", f"ana{i}@") for i in range(5)]
+    threshold = 5 if many else 6
+    monkeypatch.setattr(engine.commands, "IMPORT_BAR_FROM", threshold)
+    monkeypatch.setattr(engine.commands, "SEND_BAR_FROM", threshold)
+    monkeypatch.setenv("ENGINE_SCHEDULE_BATCH_SIZE", "2")  # the bar runs across batches
+
+    def terminal(*args: str) -> str:
+        out = io.StringIO()
+        console = Console(file=out, width=120, color_system=None, force_terminal=True)
+        now = program.clock.now().isoformat()
+        code = main(["--settings", str(program.settings_path), "--now", now, *args], console)
+        assert code == 0, out.getvalue()
+        return out.getvalue()
+
+    imported = terminal("contacts", "import", str(program.contacts(HEADER + "\n".join(rows))))
+    assert ("importing" in imported and "5/5" in imported) is many
+    assert "5 created" in imported
+    sent = terminal("tick")
+    assert ("sending" in sent and "5/5" in sent) is many
+    assert "sent 5," in sent
+    assert len(program.sink.messages) == 5
