@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, bindparam, func, or_, select, update
+from sqlalchemy import Table, bindparam, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -232,7 +232,9 @@ class Planner:
         ).all()
         stats.events = len(events)
         for ev in events:
-            if ev.type not in self.reactive_types:
+            # Machine traffic (an image proxy's open, a link scanner's click) is no act of the
+            # contact: it neither stops nor starts a sequence, as it takes no branch.
+            if ev.type not in self.reactive_types or ev.machine:
                 ev.handled_at = now
                 continue
             contact = session.get(Contact, ev.contact_id) if ev.contact_id else None
@@ -691,13 +693,22 @@ class Planner:
         }
 
     def _happened(self, session: Session, messages: dict[str, Message], step: BranchStep) -> bool:
+        """Did the contact open, click or reply to the step's email? Only a person counts: an
+        image proxy (Apple Mail Privacy Protection) opens every email it receives and a link
+        scanner clicks every link, so their visits say nothing about the contact."""
         message = messages.get(step.step)
         if message is None:
             return False
+        # ix_events_message (message_id, type) finds the email's events of that type; machine
+        # is checked on those few rows, and EXISTS stops at the first human one.
         found = session.scalar(
-            select(func.count())
-            .select_from(Event)
-            .where(Event.message_id == message.id, Event.type == step.condition)
+            select(
+                exists().where(
+                    Event.message_id == message.id,
+                    Event.type == step.condition,
+                    Event.machine.is_(False),
+                )
+            )
         )
         return bool(found)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import signal
 import subprocess
 from collections import Counter
@@ -13,6 +15,7 @@ from sqlalchemy import event, func, select, update
 
 from engine.errors import TemporaryFailure
 from engine.planner import record_event
+from engine.scheduler import Engine
 from engine.sender import Claimed, SendStats
 from engine.store.db import transaction
 from engine.store.models import Contact, Enrollment, Event, Message, Suppression
@@ -60,8 +63,6 @@ async def test_a_worker_whose_lease_expired_cannot_send_or_record(program: Proje
 
 
 async def test_two_workers_share_the_work_without_sending_twice(program: Project) -> None:
-    import asyncio
-
     contacts(program, *promoters(40))
     engine = program.engine()
     engine.planner().plan()
@@ -88,25 +89,82 @@ def test_kill_9_in_the_middle_of_a_batch_loses_nothing(program: Project) -> None
     assert program.sink.wait_for(4, timeout=60), proc.stdout.read() if proc.stdout else ""
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
-    before = len(program.sink.messages)
-    assert before < n, "the kill came too late to test anything"
+    assert program.sink.wait_for_open_connections(0)
+    # Connections numbered up to here were the killed worker's: it can open no more.
+    killed_connections = program.sink.connections
     program.sink.delay_seconds = 0
     # Same instant: the killed worker's leases still hold, so nothing is sent twice now.
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+    from_killed = [m for m in program.sink.messages if m.connection <= killed_connections]
+    assert len(program.sink.messages) == len(from_killed)
+    assert 0 < len(from_killed) < n, "the kill came too late to test anything"
     # After the lease expires, the rows it held are claimed again.
     later = (program.clock.now() + timedelta(minutes=6)).isoformat()
     done = subprocess.run(
         [*cmd[:6], later, "tick"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    received = Counter(m.rcpt_tos[0] for m in program.sink.messages)
-    assert len(received) == n  # nothing lost
-    twice = [r for r, c in received.items() if c > 1]
-    assert len(twice) <= 1  # at most the one in flight at the kill (one connection)
+
+    rows = outbox(program)
+    assert len(rows) == n and {r.status for r in rows.values()} == {"sent"}
+    received = program.sink.messages
+    assert {m.rcpt_tos[0] for m in received} == set(rows)  # nothing lost
+    # Every copy, the first or a second one, carries the Message-ID fixed at planning time.
+    for m in received:
+        assert m.message["Message-ID"] == rows[m.rcpt_tos[0]].message_id, m.rcpt_tos[0]
+    # Only the email in flight at the kill may go twice: with one connection, the last one
+    # the killed worker handed over (the server took it; the worker died before recording it).
+    twice = {r for r, c in Counter(m.rcpt_tos[0] for m in received).items() if c > 1}
+    assert twice <= {from_killed[-1].rcpt_tos[0]}
     for rcpt in twice:
-        ids = {m.message["Message-ID"] for m in program.sink.messages if m.rcpt_tos[0] == rcpt}
-        assert len(ids) == 1  # and it went again with the same Message-ID
+        copies = [m.message["Message-ID"] for m in received if m.rcpt_tos[0] == rcpt]
+        assert len(copies) == 2 and copies[0] == copies[1]
+
+
+async def test_a_stop_mid_batch_gives_back_what_it_holds(program: Project) -> None:
+    n = 5
+    contacts(program, *promoters(n))
+    one = program.settings
+    one = dataclasses.replace(one, smtp=dataclasses.replace(one.smtp, connections=1))
+    engine = Engine.build(one, program.clock)
+    engine.planner().plan()
+    planned = outbox(program)
+    # The sink holds each DATA a while: time to ask the worker to stop with one in flight.
+    # (tests/smtp_server.py offers a delay, not a gate to hold DATA until told.)
+    program.sink.delay_seconds = 0.5
+    stop = asyncio.Event()
+    async with SmtpTransport(engine.settings.smtp) as transport:
+        stopping = engine.sender(transport, worker_id="stopping")
+        sending = asyncio.create_task(stopping.send_due(stop))
+        while not program.sink.peak_concurrent_data and not sending.done():
+            await asyncio.sleep(0.01)
+        stop.set()  # what SIGTERM does to `run`
+        first = await sending
+        program.sink.delay_seconds = 0
+        gone = {m.rcpt_tos[0] for m in program.sink.messages}
+        # At least the one in flight, at most what the worker could send before it looked.
+        assert 1 <= len(gone) < n and first.sent == len(gone)
+        rows = outbox(program)
+        for email, row in rows.items():
+            assert row.message_id == planned[email].message_id
+            if email in gone:  # the one in flight finished and was recorded as sent
+                assert (row.status, row.attempts) == ("sent", 1)
+            else:  # back in the queue with no lease, as if never claimed
+                assert (row.status, row.attempts) == ("queued", 0)
+                assert (row.lease_owner, row.lease_until) == (None, None)
+        # Another worker takes them at once, not after the lease would have run out.
+        other = engine.sender(transport, worker_id="other")
+        claimed = other.claim(n)
+        assert len(claimed) == n - len(gone)
+        stats = SendStats()
+        await other.deliver(claimed, stats, None)
+        assert stats.sent == len(claimed)
+    received = program.sink.messages
+    assert sorted(m.rcpt_tos[0] for m in received) == sorted(planned)  # each exactly once
+    for m in received:
+        assert m.message["Message-ID"] == planned[m.rcpt_tos[0]].message_id
+    engine.close()
 
 
 def test_planning_touches_only_due_work(program: Project) -> None:
@@ -125,15 +183,20 @@ def test_header_row_only_csv(program: Project) -> None:
     assert code == 0 and "0 created" in out
 
 
-def statuses(project: Project) -> dict[str, str]:
-    """Each contact's email -> the status of its (only) outbox row."""
+def outbox(project: Project) -> dict[str, Message]:
+    """Each contact's email -> its (only) outbox row."""
     engine = project.engine()
     with engine.db.session() as s:
         rows = s.execute(
-            select(Contact.email, Message.status).join(Message, Message.contact_id == Contact.id)
+            select(Contact.email, Message).join(Message, Message.contact_id == Contact.id)
         ).all()
     engine.close()
-    return dict(rows)
+    return {email: message for email, message in rows}
+
+
+def statuses(project: Project) -> dict[str, str]:
+    """Each contact's email -> the status of its (only) outbox row."""
+    return {email: message.status for email, message in outbox(project).items()}
 
 
 async def test_an_email_stopped_after_the_claim_is_not_sent(program: Project) -> None:
@@ -331,8 +394,6 @@ async def test_an_email_requeued_by_a_policy_pause_waits_for_the_send_window(
 async def test_a_hard_bounce_of_an_email_cancelled_in_flight_still_suppresses(
     program: Project,
 ) -> None:
-    import asyncio
-
     contacts(program, *promoters(1))
     engine = program.engine()
     engine.planner().plan()

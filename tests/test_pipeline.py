@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
-from engine.store.models import Alert, Enrollment, Message, Suppression
+from engine.store.models import Alert, Enrollment, Event, Message, Suppression
 from tests.conftest import Project
-from tests.scenario import TEMPLATES, contacts, record, sent_to, setup
+from tests.http_server import BROWSER_UA, TrackingServer
+from tests.scenario import ASK, TEMPLATES, contacts, record, sent_to, setup
+from tests.test_tracking import link
 
 ANA = "ana@example.com,Ana,Lima,Lima Co,UTC,10,2026-01-01,2025-01-01,,en,customer"
 DANA = "dana@example.com,Dana,Reyes,Reyes Co,UTC,3,2026-01-01,2025-01-01,,en,customer"
@@ -19,6 +23,7 @@ SIX = "six@example.com,Sia,Six,Six Co,UTC,6,2026-01-01,2025-01-01,,en,customer"
 NEW = "new@example.com,Nina,Berg,Berg Co,UTC,10,2026-01-01,2026-02-20,,en,customer"
 ANGRY = "carl@example.com,Carl,Meyer,Meyer Co,UTC,9,2026-01-01,2025-01-01,2026-02-25,en,customer"
 PARTNER = "priya@example.com,Priya,Shah,Bloom,UTC,10,2026-01-01,2025-01-01,,en,partner"
+BO = "bo@example.com,Bo,B,Bo Co,UTC,10,2026-01-01,2025-01-01,,en,customer"
 
 
 @pytest.fixture
@@ -204,15 +209,21 @@ def test_hard_bounce_suppresses_the_address(program: Project) -> None:
     assert "suppress" in out
 
 
+def only_message(project: Project) -> Message:
+    """The outbox's only row."""
+    engine = project.engine()
+    with engine.db.session() as s:
+        message = s.scalars(select(Message)).one()
+    engine.close()
+    return message
+
+
 def test_temporary_failure_retries_with_backoff_and_same_message_id(program: Project) -> None:
     program.sink.rcpt_responses["ana@example.com"] = "451 4.3.0 Try again in 120 seconds"
     contacts(program, ANA)
     program.cli("tick")
-    assert count(program, Message, Message.status == "queued", Message.attempts == 1) == 1
-    engine = program.engine()
-    with engine.db.session() as s:
-        first = s.scalars(select(Message)).one()
-    engine.close()
+    first = only_message(program)
+    assert (first.status, first.attempts) == ("queued", 1)
     assert first.due_at >= program.clock.now() + timedelta(seconds=120)
     program.sink.rcpt_responses.clear()
     program.cli("tick")  # not due yet
@@ -223,13 +234,73 @@ def test_temporary_failure_retries_with_backoff_and_same_message_id(program: Pro
     assert program.sink.messages[0].message["Message-ID"] == first.message_id
 
 
-def test_policy_rejection_pauses_sending_and_keeps_the_contact(program: Project) -> None:
-    program.sink.rcpt_responses["ana@example.com"] = "550 5.7.1 Message rejected: sender blocked"
-    contacts(program, ANA, "bo@example.com,Bo,B,Bo Co,UTC,10,2026-01-01,2025-01-01,,en,customer")
+def test_temporary_failures_without_a_hint_back_off_longer_each_time(program: Project) -> None:
+    program.sink.rcpt_responses["ana@example.com"] = "451 4.3.0 Temporary local problem"
+    contacts(program, ANA)
+    delays = []
+    for attempt in (1, 2):
+        tried_at = program.clock.now()
+        program.cli("tick")
+        row = only_message(program)
+        assert (row.status, row.attempts) == ("queued", attempt)
+        delays.append((row.due_at - tried_at).total_seconds())
+        program.clock.set(row.due_at)
+    # The base delay doubles with each attempt; 20 % jitter either way keeps a crowd of
+    # retries from coming back at the same second, and cannot make the second one shorter.
+    base = program.settings.smtp.retry_base_seconds
+    assert 0.8 * base <= delays[0] <= 1.2 * base
+    assert 0.8 * 2 * base <= delays[1] <= 1.2 * 2 * base
+    program.sink.rcpt_responses.clear()
+    program.cli("tick")
+    assert sent_to(program) == ["ana@example.com"]
+    assert program.sink.messages[0].message["Message-ID"] == row.message_id
+
+
+def test_a_connection_dropped_during_data_is_retried_with_the_same_message_id(
+    program: Project,
+) -> None:
+    program.sink.disconnect_on_data_once = True
+    contacts(program, ANA)
+    program.cli("tick")
+    assert program.sink.messages == []  # dropped before the server accepted it
+    dropped = only_message(program)
+    assert (dropped.status, dropped.attempts) == ("queued", 1)
+    assert "connection lost during DATA" in (dropped.last_error or "")
+    assert dropped.due_at > program.clock.now()  # a backoff, not a hot loop
+    program.clock.set(dropped.due_at)
+    program.cli("tick")
+    program.clock.advance(timedelta(hours=1))
+    program.cli("tick")
+    assert sent_to(program) == ["ana@example.com"]  # once
+    assert program.sink.messages[0].message["Message-ID"] == dropped.message_id
+    sent = only_message(program)
+    assert (sent.status, sent.attempts) == ("sent", 2)
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        # A 4.7.x is temporary, but about us: a plain retry would only make it worse.
+        pytest.param("421 4.7.0 Temporary System Problem. Try again later", id="4.7.0"),
+        pytest.param("550 5.7.1 Message rejected: sender blocked", id="5.7.1"),
+    ],
+)
+def test_policy_rejection_pauses_sending_and_keeps_the_contact(
+    program: Project, refusal: str
+) -> None:
+    program.sink.rcpt_responses["ana@example.com"] = refusal
+    contacts(program, ANA, BO)
     _code, out = program.cli("tick")
     assert "paused" in out
     assert count(program, Suppression) == 0
-    assert count(program, Alert) == 1
+    assert count(program, Enrollment, Enrollment.status == "active") == 2
+    engine = program.engine()
+    with engine.db.session() as s:
+        alert = s.scalars(select(Alert)).one()
+        ana = s.scalars(select(Message).where(Message.last_error == refusal)).one()
+    engine.close()
+    assert refusal in alert.message
+    assert (ana.status, ana.attempts) == ("queued", 0)  # the refusal was about us, not Ana
     # Ana's email waits; Bo's went out only if it was already in flight on another connection.
     assert count(program, Message, Message.status == "queued") == 2 - len(program.sink.messages)
     before = len(program.sink.messages)
@@ -295,33 +366,112 @@ def test_preview_renders_one_step(program: Project, tmp_path) -> None:  # type: 
     assert program.sink.messages == []
 
 
-BRANCHING = """
+def branching(condition: str) -> str:
+    """Ask, then a reminder only to those who did ``condition`` with the ask. A reply must not
+    stop the run when the branch is about replies, or the branch would never see one."""
+    stops = ["unsubscribed", "bounced"] + ([] if condition == "replied" else ["replied"])
+    return f"""
 id: ask
-name: Ask, then branch on the open
-audience: {kind: customer, nps: promoter}
-stop_when: [replied, unsubscribed, bounced]
+name: Ask, then branch on what the contact did
+audience: {{kind: customer, nps: promoter}}
+stop_when: [{", ".join(stops)}]
 steps:
   - id: ask
-    send: {template: ask.mjml, subject: "{{ contact.first_name }}, one question"}
+    send: {{template: ask.mjml, subject: "{{{{ contact.first_name }}}}, one question"}}
   - wait: 2d
-  - id: opened-it
-    branch: {if: opened, step: ask, then: reminder, else: end}
+  - id: did-it
+    branch: {{if: {condition}, step: ask, then: reminder, else: end}}
   - id: reminder
-    send: {template: reminder.mjml, reply_to_previous: true}
+    send: {{template: reminder.mjml, reply_to_previous: true}}
 """
 
 
-def test_branch_follows_the_open(make_project: Callable[..., Project]) -> None:
-    program = setup(make_project(shipped=False), {"ask": BRANCHING})
-    contacts(program, ANA, "bo@example.com,Bo,B,Bo Co,UTC,10,2026-01-01,2025-01-01,,en,customer")
+# What a machine does in a person's place: Apple Mail Privacy Protection fetches every image
+# of every email it receives (as a bare "Mozilla/5.0"), a link scanner follows every link.
+MACHINE_AGENTS = {
+    "opened": "Mozilla/5.0",
+    "clicked": "Mozilla/5.0 (compatible; Barracuda Sentinel)",
+}
+
+
+def engage(
+    program: Project, tracking: TrackingServer, condition: str, to: str, *, machine: bool
+) -> None:
+    """Do ``condition`` with the ask sent to ``to``: an open or a click through the tracking
+    app, as a person's browser or as a machine (the app tells them apart); a reply as the
+    IMAP poller records it, a machine's reply being an out-of-office."""
+    if condition == "replied":
+        record(program, "auto_replied" if machine else "replied", to=to, step="ask")
+        return
+    ask = next(m.message for m in program.sink.messages if m.rcpt_tos[0] == to)
+    # The email links to tracking.base_url; the app is served here under that path.
+    path = urlsplit(link(ask, "/o/" if condition == "opened" else "/c/")).path
+    agent = MACHINE_AGENTS[condition] if machine else BROWSER_UA
+    response = httpx.get(tracking.url + path, headers={"user-agent": agent}, timeout=10)
+    assert response.status_code in (200, 302), response.text
+    assert tracking.flush() == 1
+    with tracking.engine.db.session() as s:
+        latest = s.scalars(select(Event).order_by(Event.id.desc()).limit(1)).one()
+    assert (latest.type, latest.machine) == (condition, machine)  # classified as intended
+
+
+@pytest.mark.parametrize("condition", ["opened", "clicked", "replied"])
+def test_branch_follows_what_the_person_did_not_a_machine(
+    make_project: Callable[..., Project], condition: str
+) -> None:
+    program = setup(make_project(shipped=False), {"ask": branching(condition)})
+    with TrackingServer(program.settings, program.clock) as tracking:
+        contacts(program, ANA, BO)
+        program.cli("tick")
+        program.clock.advance(timedelta(hours=1))  # read an hour later: no scanner's haste
+        engage(program, tracking, condition, "ana@example.com", machine=False)
+        engage(program, tracking, condition, "bo@example.com", machine=True)
+        program.clock.advance(timedelta(days=2))
+        program.cli("tick")
+    reminded = [m.rcpt_tos[0] for m in program.sink.messages[2:]]
+    assert reminded == ["ana@example.com"]
+    assert program.sink.messages[2].message["Subject"] == "Re: Ana, one question"
+    # Bo's run ended at the branch; Ana's is complete once the reminder went.
     program.cli("tick")
-    record(program, "opened", to="ana@example.com", step="ask")
-    program.clock.advance(timedelta(days=2, hours=1))
-    program.cli("tick")
-    subjects = [(m.rcpt_tos[0], m.message["Subject"]) for m in program.sink.messages]
-    assert ("ana@example.com", "Re: Ana, one question") in subjects
-    assert [r for r, _ in subjects].count("bo@example.com") == 1  # no open: the branch ended it
-    assert count(program, Enrollment, Enrollment.status == "completed") >= 1
+    assert count(program, Enrollment, Enrollment.status == "completed") == 2
+
+
+def follow_up(condition: str) -> str:
+    """A sequence that a person's ``condition`` starts."""
+    return f"""
+id: follow
+name: After an {condition}
+trigger: {condition}
+send_window: {{days: [mon, tue, wed, thu, fri, sat, sun], hours: "00:00-23:59", timezone: UTC}}
+steps:
+  - id: follow
+    send: {{template: thanks.mjml, subject: "Since you {condition} it"}}
+"""
+
+
+@pytest.mark.parametrize("condition", ["opened", "clicked"])
+def test_a_machine_open_or_click_neither_stops_nor_starts_a_sequence(
+    make_project: Callable[..., Project], condition: str
+) -> None:
+    stopped_by_it = ASK.replace("[replied, unsubscribed, bounced, referred]", f"[{condition}]")
+    assert stopped_by_it != ASK
+    sequences = {"ask": stopped_by_it, "follow": follow_up(condition)}
+    program = setup(make_project(shipped=False), sequences)
+    with TrackingServer(program.settings, program.clock) as tracking:
+        contacts(program, ANA, BO)
+        program.cli("tick")
+        program.clock.advance(timedelta(hours=1))
+        engage(program, tracking, condition, "ana@example.com", machine=True)
+        engage(program, tracking, condition, "bo@example.com", machine=False)
+        program.cli("tick")
+        program.clock.advance(timedelta(days=3))
+        program.cli("tick")
+    later = [(m.rcpt_tos[0], m.message["Subject"]) for m in program.sink.messages[2:]]
+    # Bo's act started the follow-up and stopped his ask; the machine's did neither for Ana.
+    assert later == [
+        ("bo@example.com", f"Since you {condition} it"),
+        ("ana@example.com", "Re: Ana, who could you introduce?"),
+    ]
 
 
 def test_held_email_goes_out_once_the_template_is_fixed(program: Project) -> None:
