@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar, cast
 from sqlalchemy import (
     Connection,
     CursorResult,
+    Select,
     Table,
     and_,
     bindparam,
@@ -218,7 +219,7 @@ class Sender:
     # -- claiming ----------------------------------------------------------------------------
 
     @staticmethod
-    def _claimable(columns: Any, now: datetime) -> Any:
+    def _claimable(columns: Any, now: datetime) -> Select[Any]:
         """Rows ``claim`` may take at ``now``: due (or their lease expired) and still wanted."""
         pending_event = exists().where(
             Event.contact_id == Message.contact_id, Event.handled_at.is_(None)

@@ -256,6 +256,12 @@ class SmtpSink:
         with self._changed:
             return self._changed.wait_for(lambda: len(self._sessions) == count, timeout)
 
+    def wait_for_data(self, timeout: float = 5.0) -> None:
+        """Block until the sink is handling (or has handled) a DATA. TimeoutError otherwise."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._peak_data > 0, timeout):
+                raise TimeoutError(f"SMTP sink saw no DATA within {timeout} s")
+
     def drop_connections(self) -> None:
         """Close every open connection from the server side, as servers do with idle clients."""
         if self._loop is None:
@@ -394,6 +400,7 @@ class SmtpSink:
         with self._lock:
             self._active_data += 1
             self._peak_data = max(self._peak_data, self._active_data)
+            self._changed.notify_all()
 
     def _data_finished(self) -> None:
         with self._lock:

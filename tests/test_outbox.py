@@ -137,8 +137,7 @@ async def test_a_stop_mid_batch_gives_back_what_it_holds(program: Project) -> No
     async with SmtpTransport(engine.settings.smtp) as transport:
         stopping = engine.sender(transport, worker_id="stopping")
         sending = asyncio.create_task(stopping.send_due(stop))
-        while not program.sink.peak_concurrent_data and not sending.done():
-            await asyncio.sleep(0.01)
+        await asyncio.to_thread(program.sink.wait_for_data)
         stop.set()  # what SIGTERM does to `run`
         first = await sending
         program.sink.delay_seconds = 0
@@ -401,8 +400,7 @@ async def test_a_hard_bounce_of_an_email_cancelled_in_flight_still_suppresses(
     program.sink.data_response_once = "550 5.1.1 <p000@example.com>: user unknown"
     async with SmtpTransport(engine.settings.smtp) as transport:
         sending = asyncio.create_task(engine.sender(transport).send_due())
-        while not program.sink.peak_concurrent_data:  # the server is holding DATA
-            await asyncio.sleep(0.01)
+        await asyncio.to_thread(program.sink.wait_for_data)  # the server is holding DATA
         with engine.db.write() as s:  # an unsubscribe cancels the email meanwhile
             s.execute(update(Message).values(status="cancelled"))
         stats = await sending
