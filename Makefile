@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: demo test lint system bench
+.PHONY: demo test test-unit lint system bench
 demo: $(VENV)/.installed
 	$(PY) -m engine demo
 
@@ -21,8 +21,14 @@ system:
 test: $(VENV)/.installed system
 	$(PY) -m pytest
 
+# The fast loop: pure code only (no database, no servers), well under 30 s.
+test-unit: $(VENV)/.installed
+	$(PY) -m pytest tests/unit -q
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check engine tests bench
+	$(VENV)/bin/ruff format --check engine tests bench
+	$(VENV)/bin/lint-imports
 
 bench: $(VENV)/.installed
 	$(PY) bench/render.py

@@ -16,13 +16,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.clock import FixedClock
-from engine.planner import Planner
-from engine.scheduler import build_renderer
-from engine.sequences import load_sequences
-from engine.settings import Settings
+from engine.base.clock import FixedClock
+from engine.plan.planner import Planner
+from engine.program.sequences import load_sequences
+from engine.program.settings import Settings
 from engine.store.db import Database
 from engine.store.models import Meta
+from engine.wiring import build_renderer
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
@@ -81,7 +81,13 @@ def main() -> None:
         loaded = load_sequences(ROOT / "sequences")
         settings = Settings(base_dir=ROOT)
         db = Database(f"sqlite:///{path}")
-        planner = Planner(db, loaded.sequences, settings, FixedClock(NOW), build_renderer(settings))
+        planner = Planner(
+            db=db,
+            sequences=loaded.sequences,
+            settings=settings,
+            clock=FixedClock(NOW),
+            render_note=build_renderer(settings).render_note,
+        )
         with db.write() as session:  # steady state: these rules were planned with before
             session.add(Meta(key="audience_fingerprint", value=planner.audience_fingerprint()))
         tracemalloc.start()

@@ -33,9 +33,9 @@ from jinja2 import FileSystemLoader
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.rendering import Rendered, Renderer, Sandbox, TemplateLinks, html_to_text  # noqa: E402
-from engine.settings import SenderSettings  # noqa: E402
-from engine.tokens import Links, Signer  # noqa: E402
+from engine.mail.tokens import Links, Signer  # noqa: E402
+from engine.program.settings import SenderSettings  # noqa: E402
+from engine.send.render import Rendered, Renderer, Sandbox, TemplateLinks, html_to_text  # noqa: E402
 
 TEMPLATE = "referral-ask.mjml"
 ROUNDS = 15  # interleaved rounds of n / ROUNDS recipients per work
@@ -193,9 +193,9 @@ def run(templates: Path, n: int) -> None:
     compile_ms = (time.perf_counter() - start) * 1000
 
     try:
-        from engine.mime import OutgoingEmail, build_message
+        from engine.mail.mime import OutgoingEmail, build_message
     except ImportError as exc:
-        sys.exit(f"engine.mime.build_message is needed on both sides: {exc}")
+        sys.exit(f"engine.mail.mime.build_message is needed on both sides: {exc}")
     now = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 
     def mime(subject: str, html: str, text: str, i: int, ref: bytes) -> bytes:

@@ -31,10 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.clock import FixedClock
-from engine.replies import poll_once, samples
-from engine.scheduler import Engine
-from engine.settings import (
+from engine.base.clock import FixedClock
+from engine.demo import samples
+from engine.inbound.replies import poll_once
+from engine.program.settings import (
     DatabaseSettings,
     NotifySettings,
     PathSettings,
@@ -42,6 +42,7 @@ from engine.settings import (
     Settings,
 )
 from engine.store.db import Database
+from engine.wiring import Engine
 from tests.dovecot import Dovecot, find_dovecot
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,7 +201,7 @@ def main() -> None:
         if trace:
             tracemalloc.start()
         started = time.perf_counter()
-        stats = asyncio.run(poll_once(engine))
+        stats = asyncio.run(poll_once(engine.replies()))
         elapsed = time.perf_counter() - started
         engine.close()
         print(f"one pass: {stats.read} emails in {elapsed:.1f} s ({stats.read / elapsed:.0f}/s)")

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import event
 
-from engine.reports import Report, build_report
-from engine.sequences import load_sequences
+from engine.program.sequences import load_sequences
+from engine.report.figures import Report, build_report
 from engine.store import engagement
 from engine.store.db import Database
 

@@ -36,11 +36,11 @@ import aiosmtplib
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.clock import FixedClock  # noqa: E402
-from engine.scheduler import Engine  # noqa: E402
-from engine.settings import Settings  # noqa: E402
+from engine.base.clock import FixedClock  # noqa: E402
+from engine.mail.smtp import SmtpTransport  # noqa: E402
+from engine.program.settings import Settings  # noqa: E402
 from engine.store.db import Database  # noqa: E402
-from engine.transport import SmtpTransport  # noqa: E402
+from engine.wiring import Engine  # noqa: E402
 
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # Monday, inside the send window
 # As the engine's own process does once its modules are imported (engine.cli.main freeze_heap).
@@ -116,8 +116,8 @@ async def bare_run(port: int, n: int, connections: int, message: bytes) -> float
 
 def sample_message(settings: Settings) -> bytes:
     """One real engine-built message, the bare run's payload (same size as the engine's)."""
-    from engine.mime import OutgoingEmail, build_message
-    from engine.scheduler import build_renderer
+    from engine.mail.mime import OutgoingEmail, build_message
+    from engine.wiring import build_renderer
 
     renderer = build_renderer(settings)
     ctx = {

@@ -36,8 +36,8 @@ from typing import NamedTuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engine.mail.tokens import Signer  # noqa: E402
 from engine.store.db import Database  # noqa: E402
-from engine.tokens import Signer  # noqa: E402
 
 SECRET = "bench-secret-0123456789abcdef"
 WARMUP = 2000
@@ -61,7 +61,7 @@ def serve_bare(port: int) -> None:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from engine.tracking.web import GIF
+    from engine.inbound.tracking.web import GIF
 
     async def pixel(request: Request) -> Response:
         return Response(GIF, media_type="image/gif", headers={"cache-control": "no-store"})

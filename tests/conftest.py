@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from engine.base.clock import FixedClock
 from engine.cli import main
-from engine.clock import FixedClock
-from engine.scheduler import Engine
-from engine.settings import Settings, load_settings
-from tests.pg import PostgresServer, find_bin_dir
-from tests.smtp_server import SmtpSink, smtp_sink  # noqa: F401  (fixture)
+from engine.program.settings import Settings, load_settings
+from engine.wiring import Engine
+from tests.support.pg import PostgresServer, find_bin_dir
+from tests.support.smtp_server import SmtpSink, smtp_sink  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 # A Monday, 10:00 UTC: inside the default send window for contacts in UTC.

@@ -205,7 +205,7 @@ def placed_on(sent_at: Any, created_at: Any) -> day:
     return day(func.coalesce(sent_at, created_at))
 
 
-# Covers the report (engine.reports): counts per step, status, engagement and day, the
+# Covers the report (engine.report.figures): counts per step, status, engagement and day, the
 # contacts asked, and any window, read from the index alone; grouped by day in index order,
 # a report by week or month sorts nothing.
 Index(

@@ -1,0 +1,1 @@
+"""What every layer shares: the injected clock and the exception tree."""

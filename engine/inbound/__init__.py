@@ -1,0 +1,1 @@
+"""What comes back: the tracking and landing app, the events API, replies over IMAP."""

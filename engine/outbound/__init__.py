@@ -1,0 +1,1 @@
+"""What the engine tells others: webhooks and notes to the team."""

@@ -1,0 +1,2 @@
+"""What people write: settings.toml, sequences (model, loader, schema), audience rules,
+send windows and durations."""

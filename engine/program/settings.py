@@ -1,0 +1,534 @@
+"""settings.toml -> typed, frozen Settings, with ENGINE_<SECTION>_<KEY> environment overrides.
+
+Every key has a default here, so a settings file only lists what differs; unknown sections or
+keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, get_type_hints
+from urllib.parse import urlsplit
+
+from engine.base.errors import SettingsError
+from engine.program.windows import (
+    CONTACT,
+    SendWindow,
+    next_open,
+    parse_days,
+    parse_hours,
+    parse_zone,
+)
+
+DEFAULT_PATH = "settings.toml"
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "sqlite:///var/engine.db"
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str = "127.0.0.1"
+    port: int = 1025
+    username: str = ""
+    password: str = ""
+    security: str = "none"  # none | starttls | tls
+    timeout: float = 30.0
+    connections: int = 4  # reused connections, also the send concurrency
+    rate_per_second: float = 0.0  # 0 = unlimited
+    max_attempts: int = 8
+    retry_base_seconds: float = 60.0
+    retry_max_seconds: float = 6 * 3600.0
+    policy_pause_seconds: float = 3600.0
+    hostname: str = ""  # EHLO name; empty = local host name
+
+
+@dataclass(frozen=True)
+class ImapSettings:
+    """The reply mailbox: replies, auto-replies and bounces (engine.inbound.replies)."""
+
+    host: str = "127.0.0.1"
+    port: int = 1143
+    username: str = ""  # empty: no mailbox is read
+    password: str = ""
+    mailbox: str = "INBOX"
+    security: str = "none"  # none | starttls | tls
+    ca_file: str = ""  # PEM file of a private CA to trust (empty: the system's CAs)
+    timeout: float = 30.0  # seconds one IMAP command may take before the connection is dropped
+    idle: bool = True  # wait with IMAP IDLE when the server offers it, else poll
+    poll_seconds: float = 60.0  # between two looks at the mailbox without IDLE
+    idle_timeout_seconds: float = 300.0  # an IDLE is renewed, and the connection proven, this often
+    reconnect_max_seconds: float = 300.0  # longest wait between reconnection attempts
+    processed: str = "flag"  # flag | move | none: what happens to a message acted on
+    processed_flag: str = "$ReferralEngine"  # a keyword, or \Seen \Flagged \Answered
+    processed_folder: str = "Processed"  # where processed = "move" puts them (created if missing)
+    failed_flag: str = "$ReferralEngineFailed"  # set on messages that cannot be read
+    batch_size: int = 100  # messages per FETCH
+    body_bytes: int = 65536  # bytes read of a body (of each text part in a larger email)
+    auto_reply_wait_days: int = 3  # next email this many days after an auto-reply's return date
+    auto_reply_pause_days: int = 7  # pause after an auto-reply without a readable return date
+    soft_bounce_limit: int = 3  # soft bounces (on different emails) before suppressing
+    phrases: str = ""  # phrases file; empty: the shipped engine/replies/phrases.toml
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    base_url: str = "http://127.0.0.1:8080"
+    listen: str = "127.0.0.1:8080"
+    secret: str = "change-me"
+    old_secrets: tuple[str, ...] = ()  # still accepted for links in older emails
+    api_token: str = ""  # bearer token for POST /api/events; empty: the events API is off
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        """``listen`` as (host, port): ``"127.0.0.1:8080"`` -> ``("127.0.0.1", 8080)``,
+        ``"[::1]:8080"`` -> ``("::1", 8080)``; ValueError when it is not HOST:PORT."""
+        host, sep, port = self.listen.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not (sep and host and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"{self.listen!r} is not HOST:PORT (port 1-65535)")
+        return host, int(port)
+
+
+@dataclass(frozen=True)
+class SenderSettings:
+    from_name: str = "Acme Team"
+    from_email: str = "team@example.com"
+    reply_to: str = "team@example.com"
+    postal_address: str = "Acme Inc., 1 Main St, Springfield"
+    feedback_id: str = "referral-engine"  # last field of Feedback-ID (sender id)
+    unsubscribe_mailto: str = ""  # optional mailto: for List-Unsubscribe
+
+
+@dataclass(frozen=True)
+class PathSettings:
+    sequences: str = "sequences"
+    templates: str = "templates"
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    timezone: str = "UTC"  # fallback when a contact has none
+    days: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri")
+    hours: str = "09:00-17:00"
+    batch_size: int = 500
+    lease_seconds: float = 300.0
+    tick_seconds: float = 5.0
+    render_timeout_seconds: float = 2.0
+
+    @functools.cached_property
+    def window(self) -> SendWindow:
+        """The send window of sequences that set none (read in each contact's zone)."""
+        return SendWindow.parse(self.days, self.hours, CONTACT)
+
+    def next_open(
+        self, instant: datetime, window: SendWindow | None, contact_timezone: str | None
+    ) -> datetime:
+        """The one rule for when an email may go out: the first moment at or after
+        ``instant`` inside ``window`` (the sequence's, else this default), on the contact's
+        clock (this ``timezone`` when theirs is unknown)."""
+        window = window or self.window
+        return next_open(instant, window, window.zone(contact_timezone, self.timezone))
+
+
+@dataclass(frozen=True)
+class ProgramSettings:
+    """Rules across every sequence of the referral program."""
+
+    max_asks_per_year: int = 4  # runs that ask a contact for a referral, per 12 months
+    # Days between two asks, doubled for each of the contact's latest asks they ignored
+    # (no human click, no reply): persistent, never excessive.
+    ask_spacing_days: float = 30.0
+    # The thank-you gift per converted referral, for each side: credit | code | none.
+    referrer_reward: str = "credit"
+    referrer_credit: float = 20.0
+    referrer_codes: str = ""  # code: a file with one unused code per line
+    friend_reward: str = "credit"
+    friend_credit: float = 20.0
+    friend_codes: str = ""
+    currency: str = "USD"
+    # What acquiring customers cost over the period `report` covers (its --since/--until);
+    # 0: unknown, CAC is not shown.
+    acquisition_spend: float = 0.0
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """Who on the team is told what (empty: the event is still recorded, no email is sent)."""
+
+    owner: str = ""  # replies, detractors' answers
+    sales: str = ""  # promoters, to follow up within 24 h
+    account_manager: str = ""  # passives and what they wrote
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """Where events are POSTed as HMAC-signed JSON (engine.outbound.webhooks); no urls: webhooks
+    off."""
+
+    urls: tuple[str, ...] = ()  # http(s) endpoints; each gets every subscribed event
+    secret: str = ""  # HMAC-SHA256 key of X-Engine-Signature; required with urls
+    events: tuple[str, ...] = (
+        "referral.created",
+        "referral.converted",
+        "replied",
+        "nps.answered",
+        "unsubscribed",
+        "bounced",
+    )
+    timeout_seconds: float = 10.0  # one attempt, connecting to reading the status, all in
+    max_attempts: int = 10  # then the delivery is failed (`webhooks replay` sends it again)
+    retry_base_seconds: float = 30.0  # first retry; doubles per attempt, with jitter
+    retry_max_seconds: float = 6 * 3600.0  # longest wait between two attempts
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    imap: ImapSettings = field(default_factory=ImapSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    sender: SenderSettings = field(default_factory=SenderSettings)
+    paths: PathSettings = field(default_factory=PathSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    program: ProgramSettings = field(default_factory=ProgramSettings)
+    base_dir: Path = Path(".")
+
+    def path(self, relative: str) -> Path:
+        """A settings path resolved against the settings file's folder."""
+        p = Path(relative)
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def sequences_dir(self) -> Path:
+        return self.path(self.paths.sequences)
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.path(self.paths.templates)
+
+    @property
+    def database_url(self) -> str:
+        """The database URL with a relative SQLite path made relative to the settings file."""
+        url = self.database.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+            return prefix + str(self.path(url[len(prefix) :]))
+        return url
+
+
+SECTIONS: dict[str, type] = {
+    f.name: f.type if isinstance(f.type, type) else get_type_hints(Settings)[f.name]
+    for f in dataclasses.fields(Settings)
+    if f.name != "base_dir"
+}
+
+
+def _coerce(key: str, value: Any, target: Any) -> Any:
+    """Turn a TOML or environment value into the declared type, or raise naming the key."""
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        }:
+            return value.lower() in {"1", "true", "yes", "on"}
+        raise SettingsError(key, f"expected true or false, got {value!r}")
+    if target is int:
+        if isinstance(value, bool):
+            raise SettingsError(key, f"expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise SettingsError(key, f"expected an integer, got {value!r}") from None
+    if target is float:
+        if isinstance(value, bool):
+            raise SettingsError(key, f"expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise SettingsError(key, f"expected a number, got {value!r}") from None
+    if target is str:
+        if not isinstance(value, str):
+            raise SettingsError(key, f"expected a string, got {value!r}")
+        return value
+    # tuple[str, ...]: a TOML array, or a comma-separated environment value
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SettingsError(key, f"expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _build_section(name: str, cls: type, raw: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise SettingsError(f"{name}.{key}", "unknown key")
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        dotted = f"{name}.{f.name}"
+        env_name = f"ENGINE_{name.upper()}_{f.name.upper()}"
+        if env_name in env:
+            values[f.name] = _coerce(env_name, env[env_name], hints[f.name])
+        elif f.name in raw:
+            values[f.name] = _coerce(dotted, raw[f.name], hints[f.name])
+    return cls(**values)
+
+
+# An IMAP keyword (an atom), or one of the system flags it makes sense to set on a read email.
+_IMAP_FLAG = re.compile(r"[A-Za-z0-9$_.\-]{1,64}|\\(?:Seen|Flagged|Answered)")
+# Printable ASCII mailbox names, without the quoting and wildcard characters.
+_MAILBOX_NAME = re.compile(r"[ !#-$&-)+-\[\]-~]+")
+
+
+def _validate_imap(s: Settings) -> None:
+    imap = s.imap
+    if imap.security not in {"none", "starttls", "tls"}:
+        raise SettingsError("imap.security", "must be none, starttls or tls")
+    if not 0 < imap.port < 65536:
+        raise SettingsError("imap.port", "must be between 1 and 65535")
+    if imap.processed not in {"flag", "move", "none"}:
+        raise SettingsError("imap.processed", "must be flag, move or none")
+    for key, number in (
+        ("imap.timeout", imap.timeout),
+        ("imap.poll_seconds", imap.poll_seconds),
+        ("imap.idle_timeout_seconds", imap.idle_timeout_seconds),
+        ("imap.reconnect_max_seconds", imap.reconnect_max_seconds),
+        ("imap.soft_bounce_limit", imap.soft_bounce_limit),
+    ):
+        if number <= 0:
+            raise SettingsError(key, "must be greater than 0")
+    if not 1 <= imap.batch_size <= 1000:
+        raise SettingsError("imap.batch_size", "must be between 1 and 1000")
+    if imap.body_bytes < 1024:
+        raise SettingsError("imap.body_bytes", "must be at least 1024")
+    for key, days in (
+        ("imap.auto_reply_wait_days", imap.auto_reply_wait_days),
+        ("imap.auto_reply_pause_days", imap.auto_reply_pause_days),
+    ):
+        if not 0 <= days <= 366:
+            raise SettingsError(key, "must be between 0 and 366")
+    for key, flag in (
+        ("imap.processed_flag", imap.processed_flag),
+        ("imap.failed_flag", imap.failed_flag),
+    ):
+        if not _IMAP_FLAG.fullmatch(flag):
+            raise SettingsError(key, "must be a keyword (A-Z a-z 0-9 $ _ . -), \\Seen or \\Flagged")
+    for key, name in (
+        ("imap.mailbox", imap.mailbox),
+        ("imap.processed_folder", imap.processed_folder),
+    ):
+        if not _MAILBOX_NAME.fullmatch(name):
+            raise SettingsError(key, 'must be a non-empty ASCII mailbox name without " \\ * %')
+    for key, path in (("imap.phrases", imap.phrases), ("imap.ca_file", imap.ca_file)):
+        if path and not s.path(path).is_file():
+            raise SettingsError(key, f"no such file: {s.path(path)}")
+
+
+# An event type as the engine names them: "replied", "referral.created", "form.submitted".
+_EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*")
+
+
+def _validate_webhooks(s: Settings) -> None:
+    hooks = s.webhooks
+    for url in hooks.urls:
+        try:
+            parts = urlsplit(url)
+            _ = parts.port  # parsing it is the check
+        except ValueError as exc:
+            raise SettingsError("webhooks.urls", f"{url!r}: {exc}") from None
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise SettingsError("webhooks.urls", f"{url!r} is not an http:// or https:// URL")
+        if parts.username is not None or parts.fragment or len(url) > 2000:
+            # Credentials in a URL would show in `webhooks list` and in logs; the signature
+            # is how a receiver knows the engine.
+            raise SettingsError(
+                "webhooks.urls",
+                f"{url!r}: no user:password@, no #fragment, 2000 characters at most",
+            )
+        if any(not c.isprintable() or c.isspace() for c in url):
+            raise SettingsError("webhooks.urls", f"{url!r} contains spaces or control characters")
+    if len(set(hooks.urls)) != len(hooks.urls):
+        raise SettingsError("webhooks.urls", "lists the same URL twice")
+    if hooks.urls and (
+        hooks.secret in PLACEHOLDER_SECRETS or len(hooks.secret) < MIN_SECRET_LENGTH
+    ):
+        raise SettingsError(
+            "webhooks.secret",
+            f"needs a private random value of at least {MIN_SECRET_LENGTH} characters when "
+            "webhooks.urls is set (receivers check signatures with it); set "
+            "ENGINE_WEBHOOKS_SECRET, e.g. to the output of "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+        )
+    for name in hooks.events:
+        if len(name) > 40 or not _EVENT_TYPE.fullmatch(name):
+            raise SettingsError("webhooks.events", f"{name!r} is not an event type")
+    for key, number in (
+        ("webhooks.timeout_seconds", hooks.timeout_seconds),
+        ("webhooks.max_attempts", hooks.max_attempts),
+        ("webhooks.retry_base_seconds", hooks.retry_base_seconds),
+    ):
+        if number <= 0:
+            raise SettingsError(key, "must be greater than 0")
+    if hooks.retry_max_seconds < hooks.retry_base_seconds:
+        raise SettingsError("webhooks.retry_max_seconds", "must be at least retry_base_seconds")
+
+
+def _validate(s: Settings) -> None:
+    _validate_imap(s)
+    _validate_webhooks(s)
+    if s.smtp.security not in {"none", "starttls", "tls"}:
+        raise SettingsError("smtp.security", "must be none, starttls or tls")
+    if not 0 < s.smtp.port < 65536:
+        raise SettingsError("smtp.port", "must be between 1 and 65535")
+    if s.smtp.connections < 1:
+        raise SettingsError("smtp.connections", "must be at least 1")
+    for key, value in (
+        ("smtp.max_attempts", s.smtp.max_attempts),
+        ("schedule.batch_size", s.schedule.batch_size),
+        ("schedule.lease_seconds", s.schedule.lease_seconds),
+        ("smtp.timeout", s.smtp.timeout),
+    ):
+        if value <= 0:
+            raise SettingsError(key, "must be greater than 0")
+    if s.smtp.rate_per_second < 0:
+        raise SettingsError("smtp.rate_per_second", "must not be negative")
+    if not s.tracking.secret:
+        raise SettingsError("tracking.secret", "must not be empty")
+    if not s.tracking.base_url.startswith(("http://", "https://")):
+        raise SettingsError("tracking.base_url", "must start with http:// or https://")
+    try:
+        _ = s.tracking.listen_address  # parsing it is the check
+    except ValueError as exc:
+        raise SettingsError("tracking.listen", str(exc)) from None
+    token = s.tracking.api_token
+    if token and (
+        len(token) < MIN_SECRET_LENGTH
+        or not (token.isascii() and token.isprintable())
+        or any(c.isspace() for c in token)
+    ):
+        raise SettingsError(
+            "tracking.api_token",
+            f"must be empty (events API off) or at least {MIN_SECRET_LENGTH} printable ASCII "
+            "characters without spaces; set ENGINE_TRACKING_API_TOKEN",
+        )
+    if "@" not in s.sender.from_email:
+        raise SettingsError("sender.from_email", "must be an email address")
+    if not s.sender.postal_address.strip():
+        raise SettingsError("sender.postal_address", "required: every email's footer shows it")
+    if s.program.max_asks_per_year < 0:
+        raise SettingsError("program.max_asks_per_year", "must not be negative")
+    if s.program.ask_spacing_days < 0:
+        raise SettingsError("program.ask_spacing_days", "must not be negative")
+    if not 0 <= s.program.acquisition_spend < float("inf"):
+        raise SettingsError("program.acquisition_spend", "must be a number, 0 or more")
+    for side in ("referrer", "friend"):
+        kind = getattr(s.program, f"{side}_reward")
+        if kind not in {"credit", "code", "none"}:
+            raise SettingsError(f"program.{side}_reward", "must be credit, code or none")
+        if kind == "credit" and getattr(s.program, f"{side}_credit") <= 0:
+            raise SettingsError(f"program.{side}_credit", "must be greater than 0")
+        codes = getattr(s.program, f"{side}_codes")
+        if kind == "code" and not (codes and s.path(codes).is_file()):
+            raise SettingsError(f"program.{side}_codes", "must name a file of codes, one per line")
+    for role in ("owner", "sales", "account_manager"):
+        address = getattr(s.notify, role)
+        if address and ("@" not in address or any(c.isspace() for c in address)):
+            raise SettingsError(f"notify.{role}", "must be one email address")
+    for key, text in (
+        ("sender.from_name", s.sender.from_name),
+        ("sender.from_email", s.sender.from_email),
+        ("sender.reply_to", s.sender.reply_to),
+    ):
+        if any(c in text for c in "\r\n\0\u2028\u2029"):
+            raise SettingsError(key, "must not contain line breaks")
+    try:
+        parse_zone(s.schedule.timezone)
+    except ValueError:
+        raise SettingsError(
+            "schedule.timezone", f"unknown time zone {s.schedule.timezone!r}"
+        ) from None
+
+    try:
+        parse_days(s.schedule.days)
+    except ValueError as exc:
+        raise SettingsError("schedule.days", str(exc)) from None
+    try:
+        parse_hours(s.schedule.hours)
+    except ValueError as exc:
+        raise SettingsError("schedule.hours", str(exc)) from None
+
+
+PLACEHOLDER_SECRETS = frozenset({"change-me", "test", "secret"})
+MIN_SECRET_LENGTH = 16
+
+
+def require_real_secret(settings: Settings) -> None:
+    """Refuse to send emails whose links anyone could forge: the HMAC key must be a real one.
+
+    Checked by the commands that send (tick, run), not at load, so `validate`, `preview` and
+    friends work with the shipped placeholder.
+    """
+    for key, value in [("tracking.secret", settings.tracking.secret)] + [
+        ("tracking.old_secrets", old) for old in settings.tracking.old_secrets
+    ]:
+        if value in PLACEHOLDER_SECRETS or len(value) < MIN_SECRET_LENGTH:
+            raise SettingsError(
+                key,
+                f"needs a private random value of at least {MIN_SECRET_LENGTH} characters "
+                "before emails go out (anyone knowing it can forge tracking links); set "
+                "ENGINE_TRACKING_SECRET, e.g. to the output of "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+            )
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Read settings from ``path`` (or ENGINE_SETTINGS, or ./settings.toml) plus the environment.
+
+    A missing file is fine only when no path was asked for explicitly: defaults apply.
+    """
+    env = os.environ if env is None else env
+    explicit = path is not None or "ENGINE_SETTINGS" in env
+    file = Path(path if path is not None else env.get("ENGINE_SETTINGS", DEFAULT_PATH))
+    raw: dict[str, Any] = {}
+    if file.exists():
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(str(file), f"not valid TOML: {exc}") from None
+    elif explicit:
+        raise SettingsError(str(file), "settings file not found")
+    for name, value in raw.items():
+        if name not in SECTIONS:
+            raise SettingsError(name, "unknown section")
+        if not isinstance(value, dict):
+            raise SettingsError(name, "must be a [section]")
+    sections = {
+        name: _build_section(name, cls, raw.get(name, {}), env) for name, cls in SECTIONS.items()
+    }
+    settings = Settings(**sections, base_dir=file.resolve().parent)
+    _validate(settings)
+    return settings

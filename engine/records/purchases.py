@@ -1,0 +1,169 @@
+"""Purchases: the base of the program's numbers (referral rate, revenue, LTV).
+
+A purchase arrives from a CSV import (`purchases import`) or the events API. It is a row in
+``purchases`` (an order id makes it idempotent) and a ``purchase`` event (webhooks, reports).
+A purchase by someone a contact introduced is a referred purchase: it is linked to the
+referral (the first, unflagged one) and converts it, once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from engine.base.errors import ImportRowError
+from engine.mail.mime import check_address
+from engine.records.contacts import read_rows
+from engine.records.events import record_event
+from engine.records.referrals import convert_in_session
+from engine.store.db import Database
+from engine.store.models import Contact, Purchase, Referral
+
+CURRENCY = re.compile(r"^[A-Z]{3}$")
+MAX_ORDER_ID = 200
+
+
+@dataclass
+class PurchaseReport:
+    recorded: int = 0
+    repeated: int = 0  # an order id already recorded
+    referred: int = 0  # made by someone a contact introduced
+    rejected: list[str] = field(default_factory=list)  # "row 4: amount: ..."
+
+
+@dataclass(frozen=True)
+class Recorded:
+    created: bool  # False: this order id was recorded before
+    referred: bool  # linked to a referral
+    converted: bool  # and that referral converted now
+
+
+def record_purchase(
+    session: Session,
+    email: str,
+    amount: Decimal,
+    occurred_at: datetime,
+    *,
+    currency: str = "",
+    order_id: str | None = None,
+    source: str,
+) -> Recorded:
+    """Record one purchase in ``session`` (see the module docstring)."""
+    if order_id is not None and session.scalar(
+        select(Purchase.id).where(Purchase.external_id == order_id)
+    ):
+        return Recorded(False, False, False)
+    buyer = session.scalar(select(Contact).where(Contact.email == email))
+    referral = session.scalar(
+        select(Referral)
+        .where(
+            or_(
+                Referral.friend_email == email,
+                *([Referral.friend_contact_id == buyer.id] if buyer is not None else []),
+            ),
+            Referral.flag.is_(None),
+            Referral.status != "detected",
+        )
+        .order_by(Referral.created_at, Referral.id)
+        .limit(1)
+    )
+    session.add(
+        Purchase(
+            external_id=order_id,
+            contact_id=buyer.id if buyer is not None else None,
+            referral_id=referral.id if referral is not None else None,
+            amount=amount,
+            currency=currency,
+            occurred_at=occurred_at,
+            source=source,
+            created_at=occurred_at,
+        )
+    )
+    record_event(
+        session,
+        "purchase",
+        occurred_at,
+        contact_id=buyer.id if buyer is not None else None,
+        data={
+            "amount": str(amount),
+            "currency": currency,
+            "order_id": order_id,
+            "referred": referral is not None,
+            "source": source,
+        },
+    )
+    converted = False
+    if referral is not None and referral.status != "converted":
+        converted = convert_in_session(session, referral, occurred_at, value=amount)
+    return Recorded(True, referral is not None, converted)
+
+
+@dataclass(frozen=True)
+class PurchaseRow:
+    email: str
+    amount: Decimal
+    currency: str
+    order_id: str | None
+    occurred_at: datetime
+
+
+def parse_purchase_row(row: dict[str, str], now: datetime) -> PurchaseRow:
+    """A CSV row, checked; ImportRowError naming the field otherwise."""
+    values = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+    try:
+        email = check_address(values.get("email", "")).lower()
+    except ValueError as exc:
+        raise ImportRowError(f"email: {exc}") from None
+    try:
+        amount = Decimal(values.get("amount", ""))
+    except InvalidOperation:
+        raise ImportRowError(f"amount: {values.get('amount')!r} is not a number") from None
+    if not amount.is_finite() or amount < 0:
+        raise ImportRowError(f"amount: {amount} must be zero or more")
+    currency = values.get("currency", "").upper()
+    if currency and not CURRENCY.match(currency):
+        raise ImportRowError(f"currency: {currency!r} is not a 3-letter code such as USD")
+    order_id = values.get("order_id") or None
+    if order_id is not None and len(order_id) > MAX_ORDER_ID:
+        raise ImportRowError(f"order_id: longer than {MAX_ORDER_ID} characters")
+    occurred_at = now
+    if text := values.get("occurred_at") or values.get("date"):
+        try:
+            occurred_at = datetime.fromisoformat(text)
+        except ValueError:
+            raise ImportRowError(f"occurred_at: {text!r} is not an ISO date") from None
+        if occurred_at.tzinfo is None:
+            occurred_at = occurred_at.replace(tzinfo=UTC)
+    return PurchaseRow(email, amount.quantize(Decimal("0.01")), currency, order_id, occurred_at)
+
+
+def import_purchases(db: Database, path: Path, now: datetime) -> PurchaseReport:
+    """Record every valid row of ``path`` (email, amount, occurred_at, currency, order_id);
+    rejected rows are reported with their number and field, the rest are recorded."""
+    report = PurchaseReport()
+    for line, row in read_rows(path):
+        try:
+            values = parse_purchase_row(row, now)
+        except ImportRowError as exc:
+            report.rejected.append(f"row {line}: {exc}")
+            continue
+        with db.write() as session:
+            done = record_purchase(
+                session,
+                values.email,
+                values.amount,
+                values.occurred_at,
+                currency=values.currency,
+                order_id=values.order_id,
+                source="import",
+            )
+        report.recorded += done.created
+        report.repeated += not done.created
+        report.referred += done.referred
+    return report
