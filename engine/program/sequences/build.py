@@ -115,17 +115,14 @@ class Builder:
             problem.path[: len(path)] == path for problem in (*self.known, *self.problems)
         )
 
-    def part(self, path: DataPath, read: Callable[[Any], T | None]) -> T | None:
-        """``read`` of the value at ``path``; None when it is absent, null, broken or unread."""
-        value = self.document.value(path) if self._has(path) else None
-        if value is None or not self.clean(path):
+    def section(self, key: str, read: Callable[[Any], T | None]) -> T | None:
+        """``read`` of a top-level value; None when it is absent, null or has a problem."""
+        value = self.data.get(key)
+        if value is None or not self.clean((key,)):
             return None
         before = len(self.problems)
         result = read(value)
         return result if len(self.problems) == before else None
-
-    def _has(self, path: DataPath) -> bool:
-        return isinstance(self.data, dict) and path in self.document.nodes
 
     def duration(self, path: DataPath) -> timedelta | None:
         try:
@@ -140,9 +137,9 @@ class Builder:
         """The Sequence, or None if the file has any problem (then see ``problems``)."""
         if not isinstance(self.data, dict):
             return None
-        audience = self.part(("audience",), self.audience)
-        trigger = self.part(("trigger",), self.trigger)
-        window = self.part(("send_window",), self.window)
+        audience = self.section("audience", self.audience)
+        trigger = self.section("trigger", self.trigger)
+        window = self.section("send_window", self.window)
         steps = self.steps(self.data.get("steps"))
         # the policy is judged on who can enter, so only once that was read without a problem
         if self.clean(("audience",)) and self.clean(("trigger",)):

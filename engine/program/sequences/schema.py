@@ -184,54 +184,17 @@ def _values() -> Schema:
 def _entry() -> Schema:
     """Who enters and when emails may go out: audience, trigger, send window."""
     return {
-        "audience": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "kind": {
-                    **names(AUDIENCE_KINDS),
-                    "description": "customer (default), partner, or any contact.",
-                },
-                "nps": {**ref("nps"), "description": "NPS classes that may enter (default any)."},
-                "min_score": {
-                    "type": ["integer", "null"],
-                    "minimum": 0,
-                    "maximum": 10,
-                    "errorMessage": "expected a whole number from 0 to 10 or null",
-                    "description": f"Lowest NPS score that may enter (default"
-                    f" {MIN_REFERRAL_SCORE}); null lets everyone in, e.g. for an NPS survey.",
-                },
-                "customer_for_at_least": {
-                    **ref("duration"),
-                    "description": "Only customers for at least this long (default 30d).",
-                },
-                "no_complaint_within": {
-                    **ref("duration"),
-                    "description": "Skip contacts who complained within this (default 30d).",
-                },
-                "reenter_after": nullable(
-                    ref("duration"),
-                    "Enter again this long after the last entry (default 90d); null: never again.",
-                ),
-                "nps_older_than": nullable(
-                    ref("duration"),
-                    "Only contacts whose last NPS answer is older than this, or who never"
-                    " answered (for surveys: don't ask someone who just answered).",
-                ),
-                "where": {
-                    **ref("where"),
-                    "description": "Conditions on contact fields, including custom CSV"
-                    " columns: {plan: pro, region: [eu, us]}.",
-                },
-            },
-        },
+        "audience": _audience(),
         "trigger": {
             "type": "object",
             "additionalProperties": False,
             "required": ["event"],
             "properties": {
                 "event": {**ref("event"), "description": "The event that starts it."},
-                "nps": {**ref("nps"), "description": "Only contacts in these NPS classes then."},
+                "nps": {
+                    **ref("nps"),
+                    "description": "Only contacts in these NPS classes at that moment.",
+                },
                 "where": {
                     **ref("where"),
                     "description": "Conditions on the event's data: {channel: link}.",
@@ -260,6 +223,50 @@ def _entry() -> Schema:
                     "description": "contact (default: the contact's time zone, else the"
                     " settings one) or an IANA name such as Europe/London.",
                 },
+            },
+        },
+    }
+
+
+def _audience() -> Schema:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "kind": {
+                **names(AUDIENCE_KINDS),
+                "description": "customer (default), partner, or any contact.",
+            },
+            "nps": {**ref("nps"), "description": "NPS classes that may enter (default any)."},
+            "min_score": {
+                "type": ["integer", "null"],
+                "minimum": 0,
+                "maximum": 10,
+                "errorMessage": "expected a whole number from 0 to 10 or null",
+                "description": f"Lowest NPS score that may enter (default"
+                f" {MIN_REFERRAL_SCORE}); null lets everyone in, e.g. for an NPS survey.",
+            },
+            "customer_for_at_least": {
+                **ref("duration"),
+                "description": "Only customers for at least this long (default 30d).",
+            },
+            "no_complaint_within": {
+                **ref("duration"),
+                "description": "Skip contacts who complained within this (default 30d).",
+            },
+            "reenter_after": nullable(
+                ref("duration"),
+                "Enter again this long after the last entry (default 90d); null: never again.",
+            ),
+            "nps_older_than": nullable(
+                ref("duration"),
+                "Only contacts whose last NPS answer is older than this, or who never"
+                " answered (for surveys: don't ask someone who just answered).",
+            ),
+            "where": {
+                **ref("where"),
+                "description": "Conditions on contact fields, including custom CSV"
+                " columns: {plan: pro, region: [eu, us]}.",
             },
         },
     }
