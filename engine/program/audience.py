@@ -106,6 +106,20 @@ def check_audience(
     """
     if (stop := blocked(contact, suppressed)) is not None:
         return stop
+    if (refused := _who_is_not(contact, audience, now)) is not None:
+        return refused
+    klass = nps_class(contact.nps_score)
+    if not entering:
+        # Already in the sequence: only who the contact is matters, not when they entered.
+        return Decision(True, "still_eligible", f"{klass}, still matches the audience")
+    if (refused := _not_yet(contact, audience, now, active=active, last=last)) is not None:
+        return refused
+    return Decision(True, "eligible", f"{klass}, all audience rules pass")
+
+
+def _who_is_not(contact: ContactLike, audience: Audience, now: datetime) -> Decision | None:
+    """The rule about who the contact is (kind, fields, score, a recent complaint) that keeps
+    them out, if any."""
     if audience.kind != "any" and contact.kind != audience.kind:
         return Decision(
             False, "kind", f"contact is a {contact.kind}, sequence wants {audience.kind}"
@@ -134,9 +148,19 @@ def check_audience(
                 f"{_days(audience.no_complaint_within)}: eligible from {calm:%Y-%m-%d %H:%M}",
                 calm,
             )
-    if not entering:
-        # Already in the sequence: only who the contact is matters, not when they entered.
-        return Decision(True, "still_eligible", f"{klass}, still matches the audience")
+    return None
+
+
+def _not_yet(
+    contact: ContactLike,
+    audience: Audience,
+    now: datetime,
+    *,
+    active: bool,
+    last: PastEnrollment | None,
+) -> Decision | None:
+    """The rule about timing (a fresh NPS answer, a new customer, an earlier entry) that keeps
+    the contact out for now, if any."""
     if audience.nps_older_than is not None and contact.nps_at is not None:
         fresh_until = contact.nps_at + audience.nps_older_than
         if now < fresh_until:
@@ -171,7 +195,7 @@ def check_audience(
                 f"{_days(audience.reenter_after)}: from {again:%Y-%m-%d %H:%M}",
                 again,
             )
-    return Decision(True, "eligible", f"{klass}, all audience rules pass")
+    return None
 
 
 def check_trigger(

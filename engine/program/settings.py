@@ -19,6 +19,7 @@ from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
 from engine.base.errors import SettingsError
+from engine.program.sequences.model import NOTIFY_ROLES
 from engine.program.windows import (
     CONTACT,
     SendWindow,
@@ -437,6 +438,19 @@ def _validate(s: Settings) -> None:
         raise SettingsError("sender.from_email", "must be an email address")
     if not s.sender.postal_address.strip():
         raise SettingsError("sender.postal_address", "required: every email's footer shows it")
+    _validate_program(s)
+    for key, text in (
+        ("sender.from_name", s.sender.from_name),
+        ("sender.from_email", s.sender.from_email),
+        ("sender.reply_to", s.sender.reply_to),
+    ):
+        if any(c in text for c in "\r\n\0\u2028\u2029"):
+            raise SettingsError(key, "must not contain line breaks")
+    _validate_schedule(s.schedule)
+
+
+def _validate_program(s: Settings) -> None:
+    """[program] (asks, rewards) and [notify] (one address per role)."""
     if s.program.max_asks_per_year < 0:
         raise SettingsError("program.max_asks_per_year", "must not be negative")
     if s.program.ask_spacing_days < 0:
@@ -452,30 +466,25 @@ def _validate(s: Settings) -> None:
         codes = getattr(s.program, f"{side}_codes")
         if kind == "code" and not (codes and s.path(codes).is_file()):
             raise SettingsError(f"program.{side}_codes", "must name a file of codes, one per line")
-    for role in ("owner", "sales", "account_manager"):
+    for role in NOTIFY_ROLES:
         address = getattr(s.notify, role)
         if address and ("@" not in address or any(c.isspace() for c in address)):
             raise SettingsError(f"notify.{role}", "must be one email address")
-    for key, text in (
-        ("sender.from_name", s.sender.from_name),
-        ("sender.from_email", s.sender.from_email),
-        ("sender.reply_to", s.sender.reply_to),
-    ):
-        if any(c in text for c in "\r\n\0\u2028\u2029"):
-            raise SettingsError(key, "must not contain line breaks")
+
+
+def _validate_schedule(schedule: ScheduleSettings) -> None:
     try:
-        parse_zone(s.schedule.timezone)
+        parse_zone(schedule.timezone)
     except ValueError:
         raise SettingsError(
-            "schedule.timezone", f"unknown time zone {s.schedule.timezone!r}"
+            "schedule.timezone", f"unknown time zone {schedule.timezone!r}"
         ) from None
-
     try:
-        parse_days(s.schedule.days)
+        parse_days(schedule.days)
     except ValueError as exc:
         raise SettingsError("schedule.days", str(exc)) from None
     try:
-        parse_hours(s.schedule.hours)
+        parse_hours(schedule.hours)
     except ValueError as exc:
         raise SettingsError("schedule.hours", str(exc)) from None
 

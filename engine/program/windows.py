@@ -18,6 +18,8 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 CONTACT = "contact"  # SendWindow.timezone value: read the window on the contact's own clock
 # "HH:MM-HH:MM" (H:MM accepted, end may be 24:00); ECMA-262 compatible so the JSON Schema reuses it.
 HOURS_PATTERN = r"^([01]?[0-9]|2[0-3]):([0-5][0-9])-(?:([01]?[0-9]|2[0-3]):([0-5][0-9])|24:00)$"
+# What hours must look like, in words: parse_hours's errors and the JSON Schema's say it.
+HOURS_RULE = "expected HH:MM-HH:MM, e.g. 09:00-17:00"
 END_OF_DAY = time.max  # what "24:00" parses to; a window ending there includes the last instant
 # Offset changes are searched in steps this long, so two changes cancelling each other within
 # one step would go unseen; no time zone has ever done that within a day.
@@ -50,7 +52,7 @@ def parse_hours(text: str) -> tuple[time, time]:
     """
     match = re.fullmatch(HOURS_PATTERN, text) if isinstance(text, str) else None
     if match is None:
-        raise ValueError(f"invalid hours {text!r}; expected HH:MM-HH:MM, e.g. 09:00-17:00")
+        raise ValueError(f"invalid hours {text!r}; {HOURS_RULE}")
     start_h, start_m, end_h, end_m = match.groups()
     start = time(int(start_h), int(start_m))
     end = END_OF_DAY if end_h is None else time(int(end_h), int(end_m))

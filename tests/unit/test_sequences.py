@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from engine.base.errors import SequenceError
+from engine.base.locale import variants
 from engine.program.durations import parse_duration
 from engine.program.sequences import (
     EVENT_TYPES,
@@ -29,6 +30,7 @@ from engine.program.sequences import (
     nps_class,
     sequence_files,
 )
+from engine.program.sequences.model import subject_key
 from engine.program.windows import SendWindow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -661,6 +663,31 @@ ERROR_CASES = {
         "invalid YAML",
     ),
     "empty file": ("", 1, 1, "the file is empty"),
+    "trigger neither an event nor a mapping": (
+        GOOD.replace("referral.created", "[purchase]"),
+        3,
+        10,
+        "trigger: expected an event name or a mapping with event:, got a list",
+    ),
+    "a key that is not text": (
+        GOOD + "yes: 1\n",
+        7,
+        1,
+        "keys must be plain names, got yes, which YAML reads as true (put it in quotes)",
+    ),
+    "subject locale written twice": (
+        GOOD.replace("subject: Thank you", "subject: {pt-BR: Oi, pt_br: Olá}"),
+        6,
+        56,
+        "step 'thank': send.subject: locale 'pt_br' appears twice",
+    ),
+    "a reference is checked against the steps, not the id rule": (
+        GOOD + "  - id: check\n    branch: {if: opened, else: End}\n",
+        8,
+        32,
+        "no step 'End'; did you mean 'end'?",
+    ),
+    "duration too long": (GOOD + "  - wait: 999999999999w\n", 7, 11, "is too long"),
 }
 
 
@@ -898,6 +925,11 @@ INVALID_FOR_BOTH = {
     "empty steps": GOOD.split("steps:")[0] + "steps: []\n",
     "bad id": GOOD.replace("id: thanks", "id: Thanks"),
     "empty subject mapping": GOOD.replace("subject: Thank you", "subject: {}"),
+    "blank name": GOOD.replace("Thank referrers", '"  "'),
+    "send with neither subject nor reply": GOOD.replace(", subject: Thank you", ""),
+    "send with reply_to_previous false and no subject": GOOD.replace(
+        "subject: Thank you", "reply_to_previous: false"
+    ),
 }
 
 
@@ -910,3 +942,64 @@ def test_invalid_files_fail_the_schema_and_the_loader(tmp_path: Path, text: str)
 def test_event_names_in_the_schema_are_the_contract_ones() -> None:
     names = set(json_schema()["$defs"]["event"]["enum"])
     assert names == EVENT_TYPES | {"referred", "converted"}
+
+
+def test_the_loader_validates_with_the_schema_editors_use(tmp_path: Path) -> None:
+    # one statement of the rules: the loader's words for a broken id are the schema's own
+    rule = json_schema()["$defs"]["id"]["patternErrorMessage"]
+    (error,) = errors_of(tmp_path, GOOD.replace("id: thanks", "id: Thanks"))
+    assert error.message == f"id: 'Thanks' is not allowed: {rule}"
+
+
+def test_every_rule_of_the_schema_reads_as_a_sentence() -> None:
+    # a pattern is reported by its patternErrorMessage, never as a regular expression
+    def walk(node: object) -> list[dict[str, object]]:
+        if isinstance(node, dict):
+            return [node] + [found for value in node.values() for found in walk(value)]
+        if isinstance(node, list):
+            return [found for value in node for found in walk(value)]
+        return []
+
+    patterns = [node for node in walk(json_schema()) if "pattern" in node]
+    assert patterns
+    assert all(isinstance(node.get("patternErrorMessage"), str) for node in patterns), patterns
+
+
+def test_an_id_ending_in_a_newline_is_refused(tmp_path: Path) -> None:
+    # JSON Schema patterns are ECMA-262, where "$" ends the text; Python's "$" would let it pass
+    (error,) = errors_of(tmp_path, GOOD.replace("id: thanks", 'id: "thanks\\n"'))
+    assert (error.line, error.col) == (1, 5)
+    assert "is not allowed" in error.message
+
+
+def test_a_step_that_is_not_a_mapping_is_one_error(tmp_path: Path) -> None:
+    (error,) = errors_of(tmp_path, GOOD + "  - hello\n")
+    assert (error.line, error.col, error.message) == (
+        7,
+        5,
+        "step 2: expected a mapping (key: value), got the text 'hello'",
+    )
+
+
+def test_a_null_branch_target_is_the_next_step(tmp_path: Path) -> None:
+    text = GOOD + "  - id: check\n    branch: {if: opened, then: null, else: ~}\n"
+    step = load_sequence(write(tmp_path, text)).step("check")
+    assert isinstance(step, BranchStep)
+    assert (step.then, step.otherwise) == (None, None)
+
+
+@pytest.mark.parametrize("tag", ["pt_BR", "PT-br", " pt-BR ", "zh_hant_TW", "ar-EG", "EN"])
+def test_subjects_are_keyed_the_way_the_locale_module_reads_tags(tag: str) -> None:
+    # the key a file's subject is stored under and the keys a contact's locale tries agree,
+    # both read by engine.base.locale
+    step = SendStep("s", "t.mjml", {subject_key(tag): "mine", "default": "other"}, None, False, 1)
+    assert step.subject_for(tag) == "mine"
+    assert step.subject_for(variants(tag)[-1]) in {"mine", "other"}
+
+
+def test_subject_keys_in_a_file_are_normalised(tmp_path: Path) -> None:
+    text = GOOD.replace("subject: Thank you", "subject: {pt_BR: Olá, ZH_hant: 你好, default: Hi}")
+    (step,) = load_sequence(write(tmp_path, text)).send_steps()
+    assert dict(step.subject) == {"pt-br": "Olá", "zh-hant": "你好", "default": "Hi"}
+    assert step.subject_for("zh_HANT") == "你好"
+    assert step.subject_for("??") == "Hi"
