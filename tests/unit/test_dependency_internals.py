@@ -78,8 +78,17 @@ class ScriptedPeer(asyncio.Transport):
     def close(self) -> None:
         self.closed = True
 
+    def abort(self) -> None:
+        self.closed = True
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol  # type: ignore[assignment]
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self.protocol
 
 
 # -- aiosmtplib: engine/mail/smtp.py sends DATA through the connection's protocol -------------
@@ -173,6 +182,7 @@ def test_aioimaplib_module_names_we_import() -> None:
         "aioimaplib", "aioimaplib.aioimaplib.{IMAP4, AioImapException, Command}", IMAP_PY
     ):
         imap = imap_module()
+        assert inspect.isclass(imap.IMAP4) and inspect.isclass(imap.Command)
         assert issubclass(imap.AioImapException, Exception)
         parameters = inspect.signature(imap.IMAP4).parameters
         assert {"timeout", "conn_lost_cb", "ssl_context"} <= parameters.keys()
@@ -293,6 +303,8 @@ async def test_aiosmtpd_keeps_the_plain_transport_once_starttls_begins() -> None
                 break
             await asyncio.sleep(0.001)
         assert server._original_transport is plain  # the same connection, now under TLS
+        assert server.transport is not None
+        server.transport.close()  # the TLS layer, whose handshake never comes
         server.connection_lost(None)
         await asyncio.sleep(0)
 
@@ -337,6 +349,19 @@ def serving(app: Starlette) -> _Server:
     return _Server(uvicorn.Config(app, lifespan="on", log_config=None, access_log=False))
 
 
+async def serve_briefly() -> dict[str, Any]:
+    """Serve an app (no sockets) until it has started, then set ``should_exit`` and wait for
+    the end; what its lifespan saw."""
+    seen: dict[str, Any] = {}
+    server = serving(Starlette(lifespan=lifespan_app(seen, fail=False)))
+    serve = asyncio.ensure_future(server.serve(sockets=[]))
+    while not server.started and not serve.done():
+        await asyncio.sleep(0.01)
+    server.should_exit = True
+    await asyncio.wait_for(serve, 5)
+    return seen
+
+
 async def test_uvicorn_installs_its_signal_handlers_through_capture_signals() -> None:
     with relied_on(
         "uvicorn",
@@ -345,13 +370,7 @@ async def test_uvicorn_installs_its_signal_handlers_through_capture_signals() ->
     ):
         assert threading.current_thread() is threading.main_thread()  # else uvicorn skips it
         before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
-        seen: dict[str, Any] = {}
-        server = serving(Starlette(lifespan=lifespan_app(seen, fail=False)))
-        serve = asyncio.ensure_future(server.serve(sockets=[]))
-        while not server.started:
-            await asyncio.sleep(0.01)
-        server.should_exit = True
-        await asyncio.wait_for(serve, 5)
+        seen = await serve_briefly()
         assert seen["handlers"] == before  # the override left the process owner's in place
 
 
@@ -359,13 +378,7 @@ async def test_uvicorn_stops_gracefully_on_should_exit() -> None:
     with relied_on(
         "uvicorn", "Server.should_exit ending serve() after the lifespan shutdown", APP_PY
     ):
-        seen: dict[str, Any] = {}
-        server = serving(Starlette(lifespan=lifespan_app(seen, fail=False)))
-        serve = asyncio.ensure_future(server.serve(sockets=[]))
-        while not server.started:
-            await asyncio.sleep(0.01)
-        server.should_exit = True
-        await asyncio.wait_for(serve, 5)
+        seen = await serve_briefly()
         assert seen["stopped"] is True  # the hit buffer's last flush runs there
 
 
