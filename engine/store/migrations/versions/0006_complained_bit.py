@@ -6,8 +6,6 @@ Revises: 0005
 
 from alembic import op
 
-from engine.store import engagement
-
 revision = "0006"
 down_revision = "0005"
 branch_labels = None
@@ -15,13 +13,13 @@ depends_on = None
 
 COMPLAINED = 512  # the bit this revision adds (bits are stored data: it never changes)
 
+# The SQL below is written out as this revision ran it (frozen from the engagement module): what
+# a revision creates must not follow later edits of the package.
+
 
 def upgrade() -> None:
     dialect = op.get_bind().dialect.name
-    for statement in [
-        *engagement.drop_triggers_sql(dialect),
-        *engagement.create_triggers_sql(dialect),
-    ]:
+    for statement in [*_DROP_TRIGGERS[dialect], *map(_one_line, _CREATE_TRIGGERS[dialect])]:
         op.execute(statement)
     # The complaints recorded before: 0005's triggers did not count them.
     op.execute(
@@ -32,7 +30,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     dialect = op.get_bind().dialect.name
-    for statement in engagement.drop_triggers_sql(dialect):
+    for statement in _DROP_TRIGGERS[dialect]:
         op.execute(statement)
     op.execute(
         f"UPDATE messages SET engaged = engaged & ~{COMPLAINED} WHERE (engaged & {COMPLAINED}) <> 0"
@@ -41,7 +39,8 @@ def downgrade() -> None:
         op.execute(statement)
 
 
-# 0005's triggers as 0005 created them, frozen here: the engagement module builds today's.
+# 0005's triggers as 0005 created them before this revision existed (since then 0005 creates
+# the ones of _CREATE_TRIGGERS, as this revision does).
 _BIT_0005 = (
     "CASE {r}.type"
     " WHEN 'opened' THEN CASE WHEN {r}.machine THEN 2 ELSE 1 END"
@@ -101,3 +100,103 @@ def _triggers_0005(dialect: str) -> list[str]:
         else:
             statements.append(f"CREATE TRIGGER {name} {timing} WHEN {condition} BEGIN {body}; END")
     return statements
+
+
+def _one_line(sql: str) -> str:
+    """A statement below as it was run: on one line, words one space apart (SQLite keeps a
+    trigger's text as written)."""
+    return " ".join(sql.split())
+
+
+# An event inserted sets its bit on its email; a click or open reclassified as a machine's
+# works that email's open and click bits out again.
+_CREATE_TRIGGERS = {
+    "sqlite": [
+        """
+        CREATE TRIGGER tr_events_engaged AFTER INSERT ON events
+        WHEN NEW.message_id IS NOT NULL AND (NEW.type = 'opened' OR NEW.type = 'clicked'
+        OR NEW.type = 'replied' OR NEW.type = 'unsubscribed' OR NEW.type = 'bounced'
+        OR NEW.type = 'auto_replied' OR NEW.type = 'complained')
+        BEGIN UPDATE messages SET engaged = engaged |
+        (CASE NEW.type WHEN 'opened' THEN CASE WHEN NEW.machine THEN 2 ELSE 1 END
+        WHEN 'clicked' THEN CASE WHEN NEW.machine THEN 8 ELSE 4 END
+        WHEN 'replied' THEN 16 WHEN 'unsubscribed' THEN 32
+        WHEN 'bounced' THEN CASE WHEN json_extract(NEW.data, '$.hard') = 1 THEN 64 ELSE 128 END
+        WHEN 'auto_replied' THEN 256 WHEN 'complained' THEN 512 ELSE 0 END)
+        WHERE id = NEW.message_id AND (engaged &
+        (CASE NEW.type WHEN 'opened' THEN CASE WHEN NEW.machine THEN 2 ELSE 1 END
+        WHEN 'clicked' THEN CASE WHEN NEW.machine THEN 8 ELSE 4 END
+        WHEN 'replied' THEN 16 WHEN 'unsubscribed' THEN 32
+        WHEN 'bounced' THEN CASE WHEN json_extract(NEW.data, '$.hard') = 1 THEN 64 ELSE 128 END
+        WHEN 'auto_replied' THEN 256 WHEN 'complained' THEN 512 ELSE 0 END)) = 0; END
+        """,
+        """
+        CREATE TRIGGER tr_events_engaged_machine AFTER UPDATE OF machine ON events
+        WHEN NEW.message_id IS NOT NULL AND (NEW.type = 'opened' OR NEW.type = 'clicked')
+        AND NEW.machine IS NOT OLD.machine
+        BEGIN UPDATE messages SET engaged = (engaged & ~15) | (SELECT coalesce(sum(DISTINCT
+        CASE e.type WHEN 'opened' THEN CASE WHEN e.machine THEN 2 ELSE 1 END
+        WHEN 'clicked' THEN CASE WHEN e.machine THEN 8 ELSE 4 END
+        WHEN 'replied' THEN 16 WHEN 'unsubscribed' THEN 32
+        WHEN 'bounced' THEN CASE WHEN json_extract(e.data, '$.hard') = 1 THEN 64 ELSE 128 END
+        WHEN 'auto_replied' THEN 256 WHEN 'complained' THEN 512 ELSE 0 END), 0)
+        FROM events e WHERE e.message_id = NEW.message_id AND e.type IN ('opened', 'clicked'))
+        WHERE id = NEW.message_id; END
+        """,
+    ],
+    "postgresql": [
+        """
+        CREATE FUNCTION tr_events_engaged() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN UPDATE messages SET engaged = engaged |
+        (CASE NEW.type WHEN 'opened' THEN CASE WHEN NEW.machine THEN 2 ELSE 1 END
+        WHEN 'clicked' THEN CASE WHEN NEW.machine THEN 8 ELSE 4 END
+        WHEN 'replied' THEN 16 WHEN 'unsubscribed' THEN 32
+        WHEN 'bounced' THEN CASE WHEN (NEW.data ->> 'hard') = 'true' THEN 64 ELSE 128 END
+        WHEN 'auto_replied' THEN 256 WHEN 'complained' THEN 512 ELSE 0 END)
+        WHERE id = NEW.message_id AND (engaged &
+        (CASE NEW.type WHEN 'opened' THEN CASE WHEN NEW.machine THEN 2 ELSE 1 END
+        WHEN 'clicked' THEN CASE WHEN NEW.machine THEN 8 ELSE 4 END
+        WHEN 'replied' THEN 16 WHEN 'unsubscribed' THEN 32
+        WHEN 'bounced' THEN CASE WHEN (NEW.data ->> 'hard') = 'true' THEN 64 ELSE 128 END
+        WHEN 'auto_replied' THEN 256 WHEN 'complained' THEN 512 ELSE 0 END)) = 0;
+        RETURN NULL; END $$
+        """,
+        """
+        CREATE TRIGGER tr_events_engaged AFTER INSERT ON events FOR EACH ROW
+        WHEN (NEW.message_id IS NOT NULL AND (NEW.type = 'opened' OR NEW.type = 'clicked'
+        OR NEW.type = 'replied' OR NEW.type = 'unsubscribed' OR NEW.type = 'bounced'
+        OR NEW.type = 'auto_replied' OR NEW.type = 'complained'))
+        EXECUTE FUNCTION tr_events_engaged()
+        """,
+        """
+        CREATE FUNCTION tr_events_engaged_machine() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN UPDATE messages SET engaged = (engaged & ~15) | (SELECT coalesce(sum(DISTINCT
+        CASE e.type WHEN 'opened' THEN CASE WHEN e.machine THEN 2 ELSE 1 END
+        WHEN 'clicked' THEN CASE WHEN e.machine THEN 8 ELSE 4 END
+        WHEN 'replied' THEN 16 WHEN 'unsubscribed' THEN 32
+        WHEN 'bounced' THEN CASE WHEN (e.data ->> 'hard') = 'true' THEN 64 ELSE 128 END
+        WHEN 'auto_replied' THEN 256 WHEN 'complained' THEN 512 ELSE 0 END), 0)
+        FROM events e WHERE e.message_id = NEW.message_id AND e.type IN ('opened', 'clicked'))
+        WHERE id = NEW.message_id; RETURN NULL; END $$
+        """,
+        """
+        CREATE TRIGGER tr_events_engaged_machine AFTER UPDATE OF machine ON events FOR EACH ROW
+        WHEN (NEW.message_id IS NOT NULL AND (NEW.type = 'opened' OR NEW.type = 'clicked')
+        AND NEW.machine IS DISTINCT FROM OLD.machine)
+        EXECUTE FUNCTION tr_events_engaged_machine()
+        """,
+    ],
+}
+
+_DROP_TRIGGERS = {
+    "sqlite": [
+        "DROP TRIGGER IF EXISTS tr_events_engaged",
+        "DROP TRIGGER IF EXISTS tr_events_engaged_machine",
+    ],
+    "postgresql": [
+        "DROP TRIGGER IF EXISTS tr_events_engaged ON events",
+        "DROP FUNCTION IF EXISTS tr_events_engaged()",
+        "DROP TRIGGER IF EXISTS tr_events_engaged_machine ON events",
+        "DROP FUNCTION IF EXISTS tr_events_engaged_machine()",
+    ],
+}
