@@ -43,7 +43,7 @@ from engine.program.settings import (
 )
 from engine.store.db import Database
 from engine.wiring import Engine
-from tests.dovecot import Dovecot, find_dovecot
+from tests.support.dovecot import Dovecot, find_dovecot
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)

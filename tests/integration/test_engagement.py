@@ -39,8 +39,9 @@ def migrate_to(db: Database, revision: str) -> None:
 
 
 def back_to_0005(db: Database) -> None:
-    """Head, then down to 0005: its own triggers, which know no complaints. (Upgrading straight
-    to 0005 would not do: 0005 builds its triggers from today's engagement module.)"""
+    """Head, then down to 0005: the triggers 0006's downgrade restores, which know no
+    complaints. (Upgrading straight to 0005 would not do: 0005 already creates the
+    complaint-aware triggers.)"""
     migrate_to(db, "head")
     command.downgrade(_alembic_config(db.engine), "0005")
 
