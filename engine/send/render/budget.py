@@ -151,6 +151,7 @@ def safe_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     return checked
 
 
+# Jinja filters that can build a value much larger than their input (safe_filter wraps them).
 AMPLIFYING_FILTERS = (
     "center",
     "indent",
@@ -161,4 +162,5 @@ AMPLIFYING_FILTERS = (
     "slice",
     "wordwrap",
 )
+# str methods whose width argument could build a huge string (Sandbox.call checks it).
 WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})

@@ -42,8 +42,6 @@ from engine.send.render.budget import MAX_OUTPUT_CHARS, too_big
 
 # The filter every ``{% for %}`` iterable goes through (the sandbox registers it: guard()).
 GUARD_FILTER = "_engine_guard"
-
-
 # Keyword arguments Jinja adds to calls inside loops and blocks, for its own callables.
 JINJA_CALL_KWARGS = frozenset({"_loop_vars", "_block_vars"})
 

@@ -113,6 +113,7 @@ class Spot(NamedTuple):
 
 
 def placeholder_spots(text: str, pattern: re.Pattern[str]) -> list[Spot]:
+    """Where each placeholder ``pattern`` finds in the MJML ``text`` sits, in order."""
     found = [(m.start(), m.end(), int(m.group(1))) for m in pattern.finditer(text)]
     starts = [f[0] for f in found]
     spots: list[Spot] = []
