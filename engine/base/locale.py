@@ -48,13 +48,14 @@ def language(locale: str | None) -> str | None:
 
 
 def variants(locale: str | None) -> tuple[str, ...]:
-    """The tags to try for ``locale``, most specific first: ``"pt_BR"`` -> ``("pt-BR", "pt")``;
+    """The tags to try for ``locale``, most specific first, one subtag less each time:
+    ``"pt_BR"`` -> ``("pt-BR", "pt")``; ``"zh_hant_tw"`` -> ``("zh-Hant-TW", "zh-Hant", "zh")``;
     ``None`` -> ``()``."""
     tag = normalize(locale)
     if tag is None:
         return ()
-    lang = tag.split("-", 1)[0]
-    return (tag, lang) if tag != lang else (tag,)
+    parts = tag.split("-")
+    return tuple("-".join(parts[:n]) for n in range(len(parts), 0, -1))
 
 
 @functools.lru_cache(maxsize=512)

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine.base import locale
 from engine.base.errors import ImportRowError
 from engine.mail.mime import check_address
 from engine.program.windows import parse_zone
@@ -41,7 +42,6 @@ STANDARD = (
 )
 DATES = ("nps_at", "customer_since", "last_complaint_at")
 KINDS = ("customer", "partner")
-LOCALE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
 FORBIDDEN = re.compile("[\x00-\x08\x0a-\x1f\x7f\u2028\u2029]")
 CHUNK = 500
 
@@ -109,9 +109,10 @@ def parse_row(row: dict[str, str]) -> dict[str, Any]:
                 raise ImportRowError(f"timezone: unknown time zone {text!r}") from None
             values["timezone"] = text
         elif name == "locale":
-            if not LOCALE.match(text):
+            tag = locale.normalize(text)
+            if tag is None:
                 raise ImportRowError(f"locale: {text!r} is not a language code like en, id, ar")
-            values["locale"] = text.replace("_", "-")
+            values["locale"] = tag  # its normal form: "pt_br" is stored as "pt-BR"
         elif name == "kind":
             if text.lower() not in KINDS:
                 raise ImportRowError(f"kind: {text!r} must be customer or partner")

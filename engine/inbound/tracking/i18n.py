@@ -3,15 +3,18 @@
 Message pages speak the contact's language (``contacts.locale``); the referral page, seen by a
 friend we do not know yet, speaks the visitor's browser language (Accept-Language), else the
 referrer's. Unknown languages fall back to English. ``{name}``-style fields are filled in with
-plain text, which the page templates then escape like any other value.
+plain text, which the page templates then escape like any other value. Language tags and text
+direction are engine.base.locale's, as in the emails, so a page and its email always agree.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from engine.base import locale
+from engine.base.locale import direction as direction  # the pages' dir, the emails' rule
+
 DEFAULT = "en"
-RTL = frozenset({"ar", "he", "fa", "ur"})
 
 STRINGS: dict[str, dict[str, str]] = {
     "en": {
@@ -208,12 +211,10 @@ STRINGS: dict[str, dict[str, str]] = {
 }
 
 
-def language(locale: str | None) -> str:
+def language(tag: str | None) -> str:
     """The page language for a contact locale: ``"pt-BR"`` -> ``"en"`` (no Portuguese pages),
     ``"ar_EG"`` -> ``"ar"``, ``None`` -> ``"en"``."""
-    if not locale:
-        return DEFAULT
-    lang = locale.replace("_", "-").split("-", 1)[0].lower()
+    lang = locale.language(tag)
     return lang if lang in STRINGS else DEFAULT
 
 
@@ -232,15 +233,10 @@ def negotiate(accept_language: str | None, fallback: str | None) -> str:
                 quality = float(params[2:])
             except ValueError:
                 continue
-        lang = tag.strip().split("-", 1)[0].lower()
+        lang = locale.language(tag)
         if lang in STRINGS and quality > 0:
             ranked.append((-quality, i, lang))
     return min(ranked)[2] if ranked else language(fallback)
-
-
-def direction(lang: str) -> str:
-    """``"rtl"`` for right-to-left languages, else ``"ltr"``."""
-    return "rtl" if lang in RTL else "ltr"
 
 
 class Translator:
