@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from engine.base.locale import normalize as normalize_locale
 from engine.program.sequences import Audience, Trigger, nps_class
 
 
@@ -53,7 +54,10 @@ def _days(delta: timedelta) -> str:
 
 
 def field_value(contact: ContactLike, name: str) -> Any:
-    """A standard attribute or a custom CSV field of the contact (None when absent)."""
+    """A standard attribute or a custom CSV field of the contact (None when absent); a locale
+    in its normal form, whatever form an older import stored it in."""
+    if name == "locale":
+        return normalize_locale(getattr(contact, "locale", None))
     if name in {
         "email",
         "kind",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from engine.program.audience import PastEnrollment, check_audience, check_trigger, trigger_lapsed
-from engine.program.sequences import Audience, Trigger
+from engine.program.sequences import Audience, Trigger, load_sequence
 
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 PROMOTERS = Audience(nps=frozenset({"promoter"}))
@@ -101,3 +102,24 @@ def test_trigger_filters_on_nps_class_and_event_data() -> None:
     # and a run it started ends when the contact leaves the class the trigger wanted
     assert trigger_lapsed(FakeContact(nps_score=9), trigger) is None
     assert trigger_lapsed(FakeContact(nps_score=4), trigger) is not None
+
+
+@dataclass
+class LocaleContact(FakeContact):
+    locale: str | None = None
+
+
+def test_a_locale_rule_matches_whatever_form_the_tag_was_written_in(tmp_path: Path) -> None:
+    path = tmp_path / "ask.yaml"
+    path.write_text(
+        "id: ask\nname: Ask\naudience: {nps: promoter, where: {locale: pt_br}}\n"
+        "steps:\n  - id: ask\n    send: {template: ask.mjml, subject: Hi}\n",
+        encoding="utf-8",
+    )
+    audience = load_sequence(path).audience
+    assert audience is not None
+    # Imports now keep "pt-BR"; earlier ones kept "pt-br": both are the same language.
+    for stored in ("pt-BR", "pt-br", "pt_BR"):
+        assert check_audience(LocaleContact(locale=stored), audience, NOW).eligible, stored
+    refused = check_audience(LocaleContact(locale="pt-PT"), audience, NOW)
+    assert refused.rule == "where.locale"

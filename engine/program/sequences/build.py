@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 from zoneinfo import available_timezones
 
+from engine.base.locale import normalize as normalize_locale
 from engine.program.durations import parse_duration
 from engine.program.sequences.model import (
     ACTIONS,
@@ -394,10 +395,15 @@ def _nps(names: str | list[str]) -> frozenset[str] | None:
 
 
 def _where(rules: dict[str, Any]) -> WhereRule:
+    """Field rules; locales in their normal form (``pt_br`` -> ``pt-BR``), as contacts keep them."""
     return tuple(
-        (field, tuple(value if isinstance(value, list) else [value]))
+        (field, tuple(_wanted(field, v) for v in (value if isinstance(value, list) else [value])))
         for field, value in rules.items()
     )
+
+
+def _wanted(field: str, value: Any) -> Any:
+    return (normalize_locale(str(value)) or value) if field == "locale" else value
 
 
 def _reply_subject(subject: str | Mapping[str, str]) -> str | Mapping[str, str]:
