@@ -8,7 +8,7 @@ windows), so where they say a run stops is where a tick stops it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -102,14 +102,13 @@ def _find(session: Session, email: str) -> Contact:
 def _fate(seq: Sequence, place: Place, base: datetime, now: datetime, rules: Answers) -> str:
     """Where a tick would stop or hold the run before its next email ("" when it sends it)."""
     for _, walk in play(seq, place, base, now, rules):
-        match walk.outcome:
-            case Wait():
-                continue
-            case Stop(step, reason):
-                return f"; then at step {step}: stopped: {reason}"
-            case Hold(step, reason):
-                return f"; then at step {step}: held: {reason}"
-        break
+        outcome = walk.outcome
+        if isinstance(outcome, Stop):
+            return f"; then at step {outcome.step}: stopped: {outcome.reason}"
+        if isinstance(outcome, Hold):
+            return f"; then at step {outcome.step}: held: {outcome.reason}"
+        if not isinstance(outcome, Wait):
+            break
     return ""
 
 
@@ -203,7 +202,7 @@ class _Start:
     base: datetime  # when the previous step finished
     now: datetime  # when the first walk is made
     run: int | None = None
-    messages: Mapping[str, Message] | None = None
+    messages: Mapping[str, Message] = field(default_factory=dict)
     planned: tuple[TimelineEntry, ...] = ()  # the email the run already has queued
 
 
@@ -259,89 +258,93 @@ def simulate(
     now = ctx.clock.now()
     horizon = now + timedelta(days=days)
     entries: list[TimelineEntry] = []
-    notes: list[str] = []
     with ctx.db.session() as session:
         if email:
             contacts = [_find(session, email)]
         else:
             contacts = list(session.scalars(select(Contact).order_by(Contact.id)))
+        sim = _Simulation(session, seq, now, horizon, one=bool(email), limit=limit)
         shown = 0
         for contact in contacts:
             suppressed = session.get(Suppression, contact.email) is not None
-            say = notes if email or len(notes) < limit else []
-            start = _start(session, seq, contact, suppressed, now, horizon, say, bool(email))
+            start = sim.start(contact, suppressed)
             if start is None:
                 continue
             if shown >= limit:
-                notes.append(f"... more contacts not shown (limit {limit})")
+                sim.notes.append(f"... more contacts not shown (limit {limit})")
                 break
             asks = AskHistory()
             if seq.id in ctx.asking_sequences:
                 asks = load_asks(session, ctx.ask_steps, {contact.id}, now)
             rules = _Facts(contact, suppressed, asks).rules(
-                ctx, session, seq, start.run, start.messages or {}
+                ctx, session, seq, start.run, start.messages
             )
             entries.extend(timeline(ctx, seq, contact, start, horizon, rules))
             shown += 1
     entries.sort(key=lambda e: (e.at, e.contact))
-    return entries, notes
+    return entries, sim.notes
 
 
-def _start(
-    session: Session,
-    seq: Sequence,
-    contact: Contact,
-    suppressed: bool,
-    now: datetime,
-    horizon: datetime,
-    notes: list[str],
-    one: bool,
-) -> _Start | None:
-    """Where ``contact``'s simulated run begins, or None (with a note why) when it does not
-    within ``horizon``; ``one``: a single contact was asked for, so say more."""
-    runs = _runs(session, contact, seq)
-    if runs and runs[-1].status in RUNNING:
-        return _resume(session, contact, runs[-1], now, notes, one)
-    if seq.trigger is not None:
-        stop = blocked(contact, suppressed) or trigger_lapsed(contact, seq.trigger)
-        if stop:
-            notes.append(f"{contact.email}: never: {stop}")
-            return None
-        if one:
-            notes.append(f"{contact.email}: as if {seq.trigger.event} happened now")
-        return _Start(Place(None, 0), now, now)
-    decision = entry(seq, contact, runs, now, suppressed)
-    if decision.eligible:
-        return _Start(Place(None, 0), now, now)
-    if decision.recheck_at is not None and decision.recheck_at <= horizon:
-        if one:
-            notes.append(
-                f"{contact.email}: enters {decision.recheck_at:%Y-%m-%d} ({decision.rule})"
-            )
-        return _Start(Place(None, 0), decision.recheck_at, decision.recheck_at)
-    notes.append(f"{contact.email}: not within {(horizon - now).days} days: {decision}")
-    return None
+@dataclass
+class _Simulation:
+    """Where each contact's simulated run begins, with notes for people on the others."""
 
+    session: Session
+    seq: Sequence
+    now: datetime
+    horizon: datetime
+    one: bool  # a single contact was asked for: say more about it
+    limit: int  # notes on contacts that do not enter, when listing them all
+    notes: list[str] = field(default_factory=list)
 
-def _resume(
-    session: Session, contact: Contact, run: Enrollment, now: datetime, notes: list[str], one: bool
-) -> _Start | None:
-    """The contact's run in progress goes on from its place (after the email it has queued)."""
-    if run.status == "held":
-        notes.append(f"{contact.email}: held: {run.reason}")
+    def start(self, contact: Contact, suppressed: bool) -> _Start | None:
+        """Where ``contact``'s run begins, or None (with a note why) when not in time."""
+        seq, now = self.seq, self.now
+        runs = _runs(self.session, contact, seq)
+        if runs and runs[-1].status in RUNNING:
+            return self._resume(contact, runs[-1])
+        if seq.trigger is not None:
+            stop = blocked(contact, suppressed) or trigger_lapsed(contact, seq.trigger)
+            if stop:
+                self.notes.append(f"{contact.email}: never: {stop}")
+                return None
+            if self.one:
+                self.notes.append(f"{contact.email}: as if {seq.trigger.event} happened now")
+            return _Start(Place(None, 0), now, now)
+        decision = entry(seq, contact, runs, now, suppressed)
+        if decision.eligible:
+            return _Start(Place(None, 0), now, now)
+        if decision.recheck_at is not None and decision.recheck_at <= self.horizon:
+            if self.one:
+                self.notes.append(
+                    f"{contact.email}: enters {decision.recheck_at:%Y-%m-%d} ({decision.rule})"
+                )
+            return _Start(Place(None, 0), decision.recheck_at, decision.recheck_at)
+        if self.one or len(self.notes) < self.limit:
+            days = (self.horizon - now).days
+            self.notes.append(f"{contact.email}: not within {days} days: {decision}")
         return None
-    if one:
-        notes.append(f"{contact.email}: in it since {run.started_at:%Y-%m-%d}; the run goes on")
-    messages = run_messages(session, [run.id]).get(run.id, {})
-    place = Place(run.step, run.position)
-    if run.next_at is not None:
-        return _Start(place, run.next_at, max(now, run.next_at), run.id, messages)
-    pending = [m for m in messages.values() if m.status in PENDING]
-    if not pending:
-        return None  # between its email going out and the sender saying so
-    queued = max(pending, key=lambda m: m.id)
-    out = max(now, queued.due_at)  # it goes out when due, the run goes on from then
-    planned = TimelineEntry(
-        queued.due_at, contact.email, queued.step_id, f"{queued.status} already"
-    )
-    return _Start(place, out, out, run.id, messages, (planned,))
+
+    def _resume(self, contact: Contact, run: Enrollment) -> _Start | None:
+        """The contact's run in progress goes on from its place (after any email it has
+        queued, which goes out when due)."""
+        if run.status == "held":
+            self.notes.append(f"{contact.email}: held: {run.reason}")
+            return None
+        if self.one:
+            self.notes.append(
+                f"{contact.email}: in it since {run.started_at:%Y-%m-%d}; the run goes on"
+            )
+        messages = run_messages(self.session, [run.id]).get(run.id, {})
+        place = Place(run.step, run.position)
+        if run.next_at is not None:
+            return _Start(place, run.next_at, max(self.now, run.next_at), run.id, messages)
+        pending = [m for m in messages.values() if m.status in PENDING]
+        if not pending:
+            return None  # between its email going out and the sender saying so
+        queued = max(pending, key=lambda m: m.id)
+        out = max(self.now, queued.due_at)
+        planned = TimelineEntry(
+            queued.due_at, contact.email, queued.step_id, f"{queued.status} already"
+        )
+        return _Start(place, out, out, run.id, messages, (planned,))
