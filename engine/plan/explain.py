@@ -1,21 +1,42 @@
 """Answers for people: why a contact is (not) in each sequence, and what a sequence would send.
 
-Both are read-only: ``simulate`` walks the steps in memory with the real eligibility rules and
-send windows, and writes nothing.
+Both are read-only. They replay the planner's own step interpreter with the same rules a tick
+applies (re-eligibility before every email, ask fatigue from the contact's real history, send
+windows), so where they say a run stops is where a tick stops it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine.plan.advance import run_messages
+from engine.plan.asks import AskHistory, load_asks
+from engine.plan.context import PlanContext
+from engine.plan.interpreter import (
+    Answers,
+    Branched,
+    Hold,
+    Notify,
+    Place,
+    Send,
+    Stop,
+    Wait,
+    play,
+)
 from engine.plan.planner import Planner
-from engine.program.audience import Decision, PastEnrollment, blocked, check_audience
-from engine.program.sequences import BranchStep, NotifyStep, SendStep, Sequence, WaitStep
+from engine.plan.rules import answers, entry, happened
+from engine.program.audience import blocked, trigger_lapsed
+from engine.program.sequences import Sequence
 from engine.store.models import Contact, Enrollment, Message, Suppression
+
+RUNNING = ("active", "held")
+PENDING = ("queued", "sending", "render_failed")  # an email planned and not out yet
 
 
 @dataclass(frozen=True)
@@ -25,50 +46,93 @@ class Explanation:
     why: str
 
 
-def _audience_decision(
-    session: Session, contact: Contact, seq: Sequence, runs: list[Enrollment], now: datetime
-) -> Decision:
-    assert seq.audience is not None
-    return check_audience(
-        contact,
-        seq.audience,
-        now,
-        suppressed=session.get(Suppression, contact.email) is not None,
-        active=any(r.status in ("active", "held") for r in runs),
-        last=PastEnrollment(runs[-1].status, runs[-1].started_at) if runs else None,
+@dataclass(frozen=True)
+class _Facts:
+    """What the rules read about one contact, loaded once for every sequence."""
+
+    contact: Contact
+    suppressed: bool
+    asks: AskHistory
+
+    @classmethod
+    def load(cls, ctx: PlanContext, session: Session, contact: Contact, now: datetime) -> _Facts:
+        return cls(
+            contact,
+            session.get(Suppression, contact.email) is not None,
+            load_asks(session, ctx.ask_steps, {contact.id}, now),
+        )
+
+    def rules(
+        self,
+        ctx: PlanContext,
+        session: Session,
+        seq: Sequence,
+        run: int | None,
+        messages: Mapping[str, Message],
+    ) -> Answers:
+        """A tick's answers for this contact in ``run`` (None: a new run) of ``seq``."""
+        return answers(
+            ctx.settings,
+            seq,
+            self.contact,
+            suppressed=self.suppressed,
+            asks=self.asks,
+            run=run,
+            engaged=partial(happened, session, messages),
+        )
+
+
+def _runs(session: Session, contact: Contact, seq: Sequence) -> list[Enrollment]:
+    return list(
+        session.scalars(
+            select(Enrollment)
+            .where(Enrollment.contact_id == contact.id, Enrollment.sequence_id == seq.id)
+            .order_by(Enrollment.started_at, Enrollment.id)
+        )
     )
+
+
+def _find(session: Session, email: str) -> Contact:
+    contact = session.scalar(select(Contact).where(Contact.email == email.strip().lower()))
+    if contact is None:
+        raise LookupError(f"no contact {email}")
+    return contact
+
+
+def _fate(seq: Sequence, place: Place, base: datetime, now: datetime, rules: Answers) -> str:
+    """Where a tick would stop or hold the run before its next email ("" when it sends it)."""
+    for _, walk in play(seq, place, base, now, rules):
+        outcome = walk.outcome
+        if isinstance(outcome, Stop):
+            return f"; then at step {outcome.step}: stopped: {outcome.reason}"
+        if isinstance(outcome, Hold):
+            return f"; then at step {outcome.step}: held: {outcome.reason}"
+        if not isinstance(outcome, Wait):
+            break
+    return ""
 
 
 def explain_contact(planner: Planner, email: str) -> list[Explanation]:
     """One line per sequence: the contact's state in it and exactly why."""
-    now = planner.clock.now()
+    ctx = planner.context
+    now = ctx.clock.now()
     out: list[Explanation] = []
-    with planner.db.session() as session:
-        contact = session.scalar(select(Contact).where(Contact.email == email.strip().lower()))
-        if contact is None:
-            raise LookupError(f"no contact {email}")
-        suppressed = session.get(Suppression, contact.email) is not None
-        for seq in sorted(planner.sequences.values(), key=lambda s: s.id):
-            runs = list(
-                session.scalars(
-                    select(Enrollment)
-                    .where(Enrollment.contact_id == contact.id, Enrollment.sequence_id == seq.id)
-                    .order_by(Enrollment.started_at, Enrollment.id)
-                )
-            )
+    with ctx.db.session() as session:
+        facts = _Facts.load(ctx, session, _find(session, email), now)
+        contact = facts.contact
+        for seq in sorted(ctx.sequences.values(), key=lambda s: s.id):
+            runs = _runs(session, contact, seq)
             current = runs[-1] if runs else None
-            if current is not None and current.status in {"active", "held"}:
-                out.append(Explanation(seq.id, *_progress(session, seq, current, now)))
+            if current is not None and current.status in RUNNING:
+                out.append(Explanation(seq.id, *_progress(ctx, session, facts, seq, current, now)))
                 continue
             history = ""
-            if current is not None:
+            if current is not None and current.ended_at:
                 history = (
                     f"last run {current.status} on {current.ended_at:%Y-%m-%d} ({current.reason}); "
-                    if current.ended_at
-                    else ""
                 )
             if seq.trigger is not None:
-                stop = blocked(contact, suppressed)
+                stop = blocked(contact, facts.suppressed)
                 why = str(stop) if stop else f"starts when {seq.trigger.event} happens"
                 if seq.trigger.nps and not stop:
                     why += f" to a {' or '.join(sorted(seq.trigger.nps))}"
@@ -76,27 +140,30 @@ def explain_contact(planner: Planner, email: str) -> list[Explanation]:
                     Explanation(seq.id, "not eligible" if stop else "on event", history + why)
                 )
                 continue
-            decision = _audience_decision(session, contact, seq, runs, now)
-            state = "eligible" if decision.eligible else "not eligible"
+            decision = entry(seq, contact, runs, now, facts.suppressed)
             if decision.eligible:
+                rules = facts.rules(ctx, session, seq, None, {})
                 why = f"{decision.detail}; enters on the next tick"
+                why += _fate(seq, Place(None, 0), now, now, rules)
+                out.append(Explanation(seq.id, "eligible", history + why))
             else:
-                why = str(decision)
-            out.append(Explanation(seq.id, state, history + why))
+                out.append(Explanation(seq.id, "not eligible", history + str(decision)))
     return out
 
 
 def _progress(
-    session: Session, seq: Sequence, enrollment: Enrollment, now: datetime
+    ctx: PlanContext,
+    session: Session,
+    facts: _Facts,
+    seq: Sequence,
+    enrollment: Enrollment,
+    now: datetime,
 ) -> tuple[str, str]:
     if enrollment.status == "held":
         return "held", enrollment.reason or "held"
     waiting = session.scalar(
         select(Message)
-        .where(
-            Message.enrollment_id == enrollment.id,
-            Message.status.in_(("queued", "sending", "render_failed")),
-        )
+        .where(Message.enrollment_id == enrollment.id, Message.status.in_(PENDING))
         .order_by(Message.id.desc())
         .limit(1)
     )
@@ -110,7 +177,13 @@ def _progress(
     nxt = seq.steps[at].id if at < len(seq.steps) else "end"
     when = f"{enrollment.next_at:%Y-%m-%d %H:%M} UTC" if enrollment.next_at else "after the send"
     state = "due" if enrollment.next_at and enrollment.next_at <= now else "in it"
-    return state, f"next: {nxt} at {when} (entered {enrollment.started_at:%Y-%m-%d})"
+    why = f"next: {nxt} at {when} (entered {enrollment.started_at:%Y-%m-%d})"
+    if enrollment.next_at is not None:
+        messages = run_messages(session, [enrollment.id]).get(enrollment.id, {})
+        rules = facts.rules(ctx, session, seq, enrollment.id, messages)
+        place = Place(enrollment.step, enrollment.position)
+        why += _fate(seq, place, enrollment.next_at, max(now, enrollment.next_at), rules)
+    return state, why
 
 
 @dataclass(frozen=True)
@@ -121,108 +194,157 @@ class TimelineEntry:
     what: str
 
 
+@dataclass(frozen=True)
+class _Start:
+    """Where a simulated run begins: a new run, or the contact's run in progress."""
+
+    place: Place
+    base: datetime  # when the previous step finished
+    now: datetime  # when the first walk is made
+    run: int | None = None
+    messages: Mapping[str, Message] = field(default_factory=dict)
+    planned: tuple[TimelineEntry, ...] = ()  # the email the run already has queued
+
+
 def timeline(
-    planner: Planner, seq: Sequence, contact: Contact, start: datetime, horizon: datetime
+    ctx: PlanContext,
+    seq: Sequence,
+    contact: Contact,
+    start: _Start,
+    horizon: datetime,
+    rules: Answers,
 ) -> list[TimelineEntry]:
-    """What the sequence would send this contact from ``start``, assuming no engagement."""
-    schedule = planner.settings.schedule
+    """What a tick would do for this contact in ``seq`` until ``horizon``, assuming no
+    engagement from now on: every email, note and branch, and where the run stops."""
+    schedule = ctx.settings.schedule
     zone = (seq.window or schedule.window).zone(contact.timezone, schedule.timezone)
-    entries: list[TimelineEntry] = []
-    at, pos = start, 0
-    for _ in range(len(seq.steps) * 2 + 2):
-        if pos >= len(seq.steps) or at > horizon:
+    entries = list(start.planned)
+    for at, walk in play(seq, start.place, start.base, start.now, rules):
+        if at > horizon:
             break
-        step = seq.steps[pos]
-        if isinstance(step, WaitStep):
-            at += step.duration
-            pos += 1
-        elif isinstance(step, BranchStep):
-            target = step.otherwise
-            entries.append(
-                TimelineEntry(
-                    at,
-                    contact.email,
-                    step.id,
-                    f"if {step.condition} ({step.step}) -> "
-                    f"{step.then or 'next'}, else -> {target or 'next'}",
+        for action in walk.actions:
+            if isinstance(action, Notify):
+                entries.append(
+                    TimelineEntry(
+                        action.at, contact.email, action.step.id, f"notify {action.step.role}"
+                    )
                 )
-            )
-            if target == "end":
-                break
-            pos = pos + 1 if target is None else seq.index(target)
-        elif isinstance(step, NotifyStep):
-            entries.append(TimelineEntry(at, contact.email, step.id, f"notify {step.role}"))
-            pos += 1
-        else:
-            assert isinstance(step, SendStep)
-            at = schedule.next_open(at, seq.window, contact.timezone)
-            if at > horizon:
-                break
-            local = at.astimezone(zone)
-            thread = f", in reply to {step.reply_to_previous}" if step.reply_to_previous else ""
-            entries.append(
-                TimelineEntry(
-                    at,
-                    contact.email,
-                    step.id,
-                    f"send {step.template} ({local:%a %H:%M} {zone.key}{thread})",
+            elif isinstance(action, Branched):
+                branch = action.step
+                what = (
+                    f"if {branch.condition} ({branch.step}) -> "
+                    f"{branch.then or 'next'}, else -> {branch.otherwise or 'next'}"
                 )
-            )
-            pos += 1
+                entries.append(TimelineEntry(action.at, contact.email, branch.id, what))
+        match walk.outcome:
+            case Send(step, due) if due <= horizon:
+                local = due.astimezone(zone)
+                thread = f", in reply to {step.reply_to_previous}" if step.reply_to_previous else ""
+                what = f"send {step.template} ({local:%a %H:%M} {zone.key}{thread})"
+                entries.append(TimelineEntry(due, contact.email, step.id, what))
+            case Stop(step_id, reason):
+                entries.append(TimelineEntry(at, contact.email, step_id, f"stopped: {reason}"))
+            case Hold(step_id, reason):
+                entries.append(TimelineEntry(at, contact.email, step_id, f"held: {reason}"))
     return entries
 
 
 def simulate(
     planner: Planner, seq: Sequence, *, email: str | None, days: int, limit: int = 200
 ) -> tuple[list[TimelineEntry], list[str]]:
-    """The timeline for one contact, or for every contact that would enter within ``days``."""
-    now = planner.clock.now()
+    """The timeline for one contact, or for every contact that would enter within ``days``:
+    a run in progress goes on from where it stands, others start as a tick would start them."""
+    ctx = planner.context
+    now = ctx.clock.now()
     horizon = now + timedelta(days=days)
     entries: list[TimelineEntry] = []
-    notes: list[str] = []
-    with planner.db.session() as session:
-        query = select(Contact).order_by(Contact.id)
+    with ctx.db.session() as session:
         if email:
-            query = query.where(Contact.email == email.strip().lower())
-        contacts = session.scalars(query).all()
-        if email and not contacts:
-            raise LookupError(f"no contact {email}")
+            contacts = [_find(session, email)]
+        else:
+            contacts = list(session.scalars(select(Contact).order_by(Contact.id)))
+        sim = _Simulation(session, seq, now, horizon, one=bool(email), limit=limit)
         shown = 0
         for contact in contacts:
             suppressed = session.get(Suppression, contact.email) is not None
-            if seq.trigger is not None:
-                stop = blocked(contact, suppressed)
-                if stop:
-                    notes.append(f"{contact.email}: never: {stop}")
-                    continue
-                start = now
-                if email:
-                    notes.append(f"{contact.email}: as if {seq.trigger.event} happened now")
-            else:
-                runs = list(
-                    session.scalars(
-                        select(Enrollment)
-                        .where(
-                            Enrollment.contact_id == contact.id, Enrollment.sequence_id == seq.id
-                        )
-                        .order_by(Enrollment.started_at)
-                    )
-                )
-                decision = _audience_decision(session, contact, seq, runs, now)
-                if decision.eligible:
-                    start = now
-                elif decision.recheck_at is not None and decision.recheck_at <= horizon:
-                    start = decision.recheck_at
-                    if email:
-                        notes.append(f"{contact.email}: enters {start:%Y-%m-%d} ({decision.rule})")
-                else:
-                    if email or len(notes) < limit:
-                        notes.append(f"{contact.email}: not within {days} days: {decision}")
-                    continue
+            start = sim.start(contact, suppressed)
+            if start is None:
+                continue
             if shown >= limit:
-                notes.append(f"... more contacts not shown (limit {limit})")
+                sim.notes.append(f"... more contacts not shown (limit {limit})")
                 break
-            entries.extend(timeline(planner, seq, contact, start, horizon))
+            asks = AskHistory()
+            if seq.id in ctx.asking_sequences:
+                asks = load_asks(session, ctx.ask_steps, {contact.id}, now)
+            rules = _Facts(contact, suppressed, asks).rules(
+                ctx, session, seq, start.run, start.messages
+            )
+            entries.extend(timeline(ctx, seq, contact, start, horizon, rules))
             shown += 1
     entries.sort(key=lambda e: (e.at, e.contact))
-    return entries, notes
+    return entries, sim.notes
+
+
+@dataclass
+class _Simulation:
+    """Where each contact's simulated run begins, with notes for people on the others."""
+
+    session: Session
+    seq: Sequence
+    now: datetime
+    horizon: datetime
+    one: bool  # a single contact was asked for: say more about it
+    limit: int  # notes on contacts that do not enter, when listing them all
+    notes: list[str] = field(default_factory=list)
+
+    def start(self, contact: Contact, suppressed: bool) -> _Start | None:
+        """Where ``contact``'s run begins, or None (with a note why) when not in time."""
+        seq, now = self.seq, self.now
+        runs = _runs(self.session, contact, seq)
+        if runs and runs[-1].status in RUNNING:
+            return self._resume(contact, runs[-1])
+        if seq.trigger is not None:
+            stop = blocked(contact, suppressed) or trigger_lapsed(contact, seq.trigger)
+            if stop:
+                self.notes.append(f"{contact.email}: never: {stop}")
+                return None
+            if self.one:
+                self.notes.append(f"{contact.email}: as if {seq.trigger.event} happened now")
+            return _Start(Place(None, 0), now, now)
+        decision = entry(seq, contact, runs, now, suppressed)
+        if decision.eligible:
+            return _Start(Place(None, 0), now, now)
+        if decision.recheck_at is not None and decision.recheck_at <= self.horizon:
+            if self.one:
+                self.notes.append(
+                    f"{contact.email}: enters {decision.recheck_at:%Y-%m-%d} ({decision.rule})"
+                )
+            return _Start(Place(None, 0), decision.recheck_at, decision.recheck_at)
+        if self.one or len(self.notes) < self.limit:
+            days = (self.horizon - now).days
+            self.notes.append(f"{contact.email}: not within {days} days: {decision}")
+        return None
+
+    def _resume(self, contact: Contact, run: Enrollment) -> _Start | None:
+        """The contact's run in progress goes on from its place (after any email it has
+        queued, which goes out when due)."""
+        if run.status == "held":
+            self.notes.append(f"{contact.email}: held: {run.reason}")
+            return None
+        if self.one:
+            self.notes.append(
+                f"{contact.email}: in it since {run.started_at:%Y-%m-%d}; the run goes on"
+            )
+        messages = run_messages(self.session, [run.id]).get(run.id, {})
+        place = Place(run.step, run.position)
+        if run.next_at is not None:
+            return _Start(place, run.next_at, max(self.now, run.next_at), run.id, messages)
+        pending = [m for m in messages.values() if m.status in PENDING]
+        if not pending:
+            return None  # between its email going out and the sender saying so
+        queued = max(pending, key=lambda m: m.id)
+        out = max(self.now, queued.due_at)
+        planned = TimelineEntry(
+            queued.due_at, contact.email, queued.step_id, f"{queued.status} already"
+        )
+        return _Start(place, out, out, run.id, messages, (planned,))
