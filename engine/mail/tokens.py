@@ -276,6 +276,19 @@ def _parse(raw: bytes, end: int, expected: str | None) -> Token | None:
 # A hidden link in every email that no person sees: whoever follows it is a link scanner.
 HONEYPOT_PATH = "/h/"
 
+# The path of each kind of URL ``Links`` builds (keyed by its method), in Starlette's route
+# syntax: the tracking app's routes are built from this table, and a test checks that every
+# URL ``Links`` makes is routed there.
+LINK_PATHS: dict[str, str] = {
+    "open": "/o/{token}.gif",
+    "click": "/c/{token}",
+    "honeypot": HONEYPOT_PATH + "{token}",
+    "unsubscribe": "/u/{token}",
+    "nps": "/nps/{token}",
+    "referral": "/r/{code}",
+    "form": "/f/{name}/{token}",
+}
+
 
 class Links:
     """The one place that builds tracking URLs (all under ``base_url``)."""

@@ -8,25 +8,26 @@ referral (the first, unflagged one) and converts it, once.
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from engine.base.errors import ImportRowError
 from engine.mail.mime import check_address
+from engine.records import money
 from engine.records.contacts import read_rows
 from engine.records.events import record_event
 from engine.records.referrals import convert_in_session
 from engine.store.db import Database
 from engine.store.models import Contact, Purchase, Referral
 
-CURRENCY = re.compile(r"^[A-Z]{3}$")
-MAX_ORDER_ID = 200
+T = TypeVar("T")
 
 
 @dataclass
@@ -114,33 +115,31 @@ class PurchaseRow:
 
 
 def parse_purchase_row(row: dict[str, str], now: datetime) -> PurchaseRow:
-    """A CSV row, checked; ImportRowError naming the field otherwise."""
+    """A CSV row, its values read by the rules of ``engine.records.money`` (the events API's
+    too); ImportRowError naming the field otherwise. An empty cell is an absent value."""
     values = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
     try:
         email = check_address(values.get("email", "")).lower()
     except ValueError as exc:
         raise ImportRowError(f"email: {exc}") from None
+    amount = _cell(values, "amount", money.parse_amount)
+    if amount is None:
+        raise ImportRowError("amount: required")
+    currency = _cell(values, "currency", money.parse_currency) or ""
+    order_id = _cell(values, "order_id", money.parse_order_id)
+    values["occurred_at"] = values.get("occurred_at") or values.get("date", "")
+    occurred_at = _cell(values, "occurred_at", lambda text: money.parse_occurred_at(text, now))
+    return PurchaseRow(email, amount, currency, order_id, occurred_at or now)
+
+
+def _cell(values: dict[str, str], name: str, parse: Callable[[str], T]) -> T | None:
+    """Cell ``name`` read by ``parse``; None when empty; ImportRowError naming it otherwise."""
+    if not (text := values.get(name)):
+        return None
     try:
-        amount = Decimal(values.get("amount", ""))
-    except InvalidOperation:
-        raise ImportRowError(f"amount: {values.get('amount')!r} is not a number") from None
-    if not amount.is_finite() or amount < 0:
-        raise ImportRowError(f"amount: {amount} must be zero or more")
-    currency = values.get("currency", "").upper()
-    if currency and not CURRENCY.match(currency):
-        raise ImportRowError(f"currency: {currency!r} is not a 3-letter code such as USD")
-    order_id = values.get("order_id") or None
-    if order_id is not None and len(order_id) > MAX_ORDER_ID:
-        raise ImportRowError(f"order_id: longer than {MAX_ORDER_ID} characters")
-    occurred_at = now
-    if text := values.get("occurred_at") or values.get("date"):
-        try:
-            occurred_at = datetime.fromisoformat(text)
-        except ValueError:
-            raise ImportRowError(f"occurred_at: {text!r} is not an ISO date") from None
-        if occurred_at.tzinfo is None:
-            occurred_at = occurred_at.replace(tzinfo=UTC)
-    return PurchaseRow(email, amount.quantize(Decimal("0.01")), currency, order_id, occurred_at)
+        return parse(text)
+    except ValueError as exc:
+        raise ImportRowError(f"{name}: {exc}") from None
 
 
 def import_purchases(db: Database, path: Path, now: datetime) -> PurchaseReport:

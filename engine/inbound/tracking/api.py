@@ -10,21 +10,24 @@ the token is empty). The body is one JSON object:
 
 ``email`` is required; ``value`` (>= 0, at most 2 decimals), ``currency`` (ISO 4217),
 ``order_id`` (a purchase reported twice with the same order id is recorded once) and
-``occurred_at`` (ISO-8601, default now) are optional; ``score`` (0-10) is required for
+``occurred_at`` (ISO-8601, default now, not in the future) are optional, read by the rules of
+``engine.records.money`` as a row of ``purchases import`` is; ``score`` (0-10) is required for
 ``nps.answered``. A purchase by someone who was referred also converts their referral (once).
 Errors answer 400 ``{"error": "...", "field": "..."}`` naming the field.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from engine.base.clock import parse_instant
 from engine.mail.mime import check_address
+from engine.records import money
 from engine.records.contacts import record_nps_answer
 from engine.records.purchases import record_purchase
 from engine.records.referrals import ReferralError, convert_referral
@@ -36,10 +39,6 @@ FIELDS: dict[str, frozenset[str]] = {
     "referral.converted": frozenset({"type", "email", "value", "occurred_at"}),
     "nps.answered": frozenset({"type", "email", "score", "occurred_at"}),
 }
-MAX_VALUE = Decimal(10) ** 10
-MAX_ORDER_ID = 100
-# Reports from a machine whose clock runs a little ahead are fine; next week is not.
-FUTURE_SKEW = timedelta(minutes=5)
 
 
 class ApiError(ValueError):
@@ -117,13 +116,8 @@ def _instant(value: object, now: datetime) -> datetime:
         return now
     if not isinstance(value, str):
         raise ApiError("must be an ISO-8601 date/time string", "occurred_at")
-    try:
-        at = parse_instant(value)
-    except ValueError:
-        raise ApiError(f"{value[:40]!r} is not an ISO-8601 date/time", "occurred_at") from None
-    if at > now + FUTURE_SKEW:
-        raise ApiError("is in the future", "occurred_at")
-    return at
+    with _field("occurred_at"):
+        return money.parse_occurred_at(value, now)
 
 
 def _value(value: object) -> Decimal | None:
@@ -131,23 +125,17 @@ def _value(value: object) -> Decimal | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ApiError("must be a number or a decimal string", "value")
-    try:
-        amount = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise ApiError(f"{str(value)[:40]!r} is not an amount", "value") from None
-    if not amount.is_finite() or not 0 <= amount < MAX_VALUE:
-        raise ApiError(f"must be from 0 to less than {MAX_VALUE}", "value")
-    if amount != amount.quantize(Decimal("0.01")):
-        raise ApiError("at most 2 decimal places", "value")
-    return amount.quantize(Decimal("0.01"))
+    with _field("value"):
+        return money.parse_amount(str(value))
 
 
 def _currency(value: object) -> str | None:
     if value is None:
         return None
-    if not (isinstance(value, str) and len(value) == 3 and value.isascii() and value.isalpha()):
-        raise ApiError("must be a 3-letter ISO 4217 code like EUR", "currency")
-    return value.upper()
+    if not isinstance(value, str):
+        raise ApiError("must be a string", "currency")
+    with _field("currency"):
+        return money.parse_currency(value)
 
 
 def _order_id(value: object) -> str | None:
@@ -155,10 +143,17 @@ def _order_id(value: object) -> str | None:
         return None
     if not isinstance(value, str | int) or isinstance(value, bool):
         raise ApiError("must be a string", "order_id")
-    text = str(value)
-    if not text or len(text) > MAX_ORDER_ID or not text.isprintable():
-        raise ApiError(f"1 to {MAX_ORDER_ID} printable characters", "order_id")
-    return text
+    with _field("order_id"):
+        return money.parse_order_id(str(value))
+
+
+@contextlib.contextmanager
+def _field(name: str) -> Iterator[None]:
+    """A purchase value refused by ``engine.records.money`` as an ApiError naming ``name``."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ApiError(str(exc), name) from None
 
 
 def _score(value: object) -> int:
