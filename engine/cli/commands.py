@@ -6,7 +6,6 @@ import json
 import secrets
 from collections.abc import Mapping
 from datetime import date
-from decimal import Decimal
 from pathlib import Path
 
 from rich.console import Console
@@ -15,12 +14,13 @@ from rich.table import Table
 from sqlalchemy import select
 
 from engine.base.clock import Clock
-from engine.base.errors import ImportRowError
+from engine.base.errors import ImportRowError, SettingsError
 from engine.mail.mime import OutgoingEmail, build_message
 from engine.plan.explain import explain_contact
 from engine.plan.explain import simulate as simulate_timeline
 from engine.program.sequences import NotifyStep, SendStep, load_files, load_sequences
 from engine.program.settings import Settings, require_real_secret
+from engine.records.money import parse_amount
 from engine.records.privacy import PrivacyError
 from engine.records.privacy import erase_contact as erase_contact_data
 from engine.records.privacy import export_contact as export_contact_data
@@ -382,11 +382,17 @@ def referrals(
     referrer: str | None,
     email: str,
     name: str | None,
-    value: Decimal | None,
+    value: str | None,
     status: str | None = None,
     note: str | None = None,
 ) -> int:
     now = engine.clock.now()
+    amount = None
+    if value:  # the same rule as purchases: at most 2 decimals, never rounded
+        try:
+            amount = parse_amount(value)
+        except ValueError as exc:
+            raise SettingsError("--value", f"{value!r}: {exc}") from None
     if action == "add":
         assert referrer is not None
         outcome = add_referral(engine.db, referrer, email, now, name=name)
@@ -394,7 +400,7 @@ def referrals(
         assert status is not None
         outcome = update_referral(engine.db, email, status, now, note=note)
     else:
-        outcome = convert_referral(engine.db, email, now, value=value)
+        outcome = convert_referral(engine.db, email, now, value=amount)
     console.print(outcome.message, highlight=False, markup=False)
     return EXIT_OK
 
@@ -428,7 +434,6 @@ def _shown_url(url: str) -> str:
 
 def webhooks_list(engine: Engine, status: str | None, limit: int, console: Console) -> int:
     """Webhook deliveries, newest first: event, URL, attempts, last answer, next try."""
-    from engine.base.errors import SettingsError
     from engine.outbound.webhooks import list_deliveries
 
     if limit < 1:

@@ -10,7 +10,6 @@ import os
 import sys
 from collections.abc import Sequence as Seq
 from datetime import date
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from rich.console import Console
@@ -246,14 +245,6 @@ def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool) -> 
                     engine, args.sequence, args.step, args.contact, args.out, console
                 )
             case "referrals":
-                value = None
-                if getattr(args, "value", None):
-                    try:
-                        value = Decimal(args.value)
-                    except InvalidOperation:
-                        value = None
-                    if value is None or not value.is_finite() or not 0 <= value < 10**10:
-                        raise SettingsError("--value", f"{args.value!r} is not an amount") from None
                 return commands.referrals(
                     engine,
                     args.action,
@@ -261,7 +252,7 @@ def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool) -> 
                     referrer=getattr(args, "referrer", None),
                     email=args.email,
                     name=getattr(args, "name", None),
-                    value=value,
+                    value=getattr(args, "value", None),
                     status=getattr(args, "status", None),
                     note=getattr(args, "note", None),
                 )

@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from engine.inbound.tracking.app import _Server
+from engine.inbound.tracking.server import _Server
 from engine.mail.smtp import _data, wire_data
 
 
@@ -309,14 +309,16 @@ async def test_aiosmtpd_keeps_the_plain_transport_once_starttls_begins() -> None
         await asyncio.sleep(0)
 
 
-# -- Starlette and uvicorn: engine/inbound/tracking/app.py ------------------------------------
+# -- Starlette and uvicorn: engine/inbound/tracking/server.py ---------------------------------
 
-APP_PY = "engine/inbound/tracking/app.py"
+APP_PY = "engine/inbound/tracking/server.py"
 
 
 async def test_starlette_route_limits_the_body_size() -> None:
     # The lower bound in pyproject.toml (starlette>=1.6) is the first release with this.
-    with relied_on("starlette", "Route(max_body_size=...)", f"{APP_PY} (the POST routes)"):
+    with relied_on(
+        "starlette", "Route(max_body_size=...)", "engine/inbound/tracking/routes/ (the POST routes)"
+    ):
 
         async def echo(request: Request) -> Response:
             return PlainTextResponse(str(len(await request.body())))

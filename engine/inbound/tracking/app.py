@@ -40,7 +40,7 @@ from engine.inbound.tracking.context import AppState, TrackingContext, machine_r
 from engine.inbound.tracking.csrf import CsrfTokens
 from engine.inbound.tracking.pages import Pages
 from engine.inbound.tracking.routes import clicks, email_forms, nps, referral, service, unsubscribe
-from engine.inbound.tracking.server import TrackingError, _Server, bind, serve_app
+from engine.inbound.tracking.server import TrackingError, bind, serve_app
 from engine.inbound.tracking.web import (
     GIF,
     SecurityHeaders,
@@ -50,12 +50,10 @@ from engine.inbound.tracking.web import (
 )
 from engine.mail.tokens import LINK_PATHS, Signer
 
-# Importable from here as before the routes and the server had modules of their own
-# (``_Server`` too: the test of the uvicorn internals it overrides imports it from here).
+# Importable from here as before the routes and the server had modules of their own.
 __all__ = [
     "TrackingContext",
     "TrackingError",
-    "_Server",
     "bind",
     "build_app",
     "serve_app",
