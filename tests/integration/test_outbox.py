@@ -373,6 +373,27 @@ async def test_a_retry_waits_for_the_send_window(program: Project) -> None:
     engine.close()
 
 
+async def test_a_servers_retry_hint_is_honoured_up_to_the_longest_wait(
+    program: Project,
+) -> None:
+    contacts(program, *promoters(1))
+    program.sink.rcpt_responses["p000@example.com"] = "451 4.3.0 Try again in 6 hours"
+    settings = program.settings
+    settings = dataclasses.replace(
+        settings, smtp=dataclasses.replace(settings.smtp, retry_max_seconds=3600)
+    )
+    engine = Engine.build(settings, program.clock)
+    engine.planner().plan()
+    async with SmtpTransport(engine.settings.smtp) as transport:
+        stats = await engine.sender(transport, worker_id="w").send_due()
+    assert stats.retried == 1
+    with engine.db.session() as s:
+        message = s.scalars(select(Message)).one()
+    # smtp.retry_max_seconds is the longest wait between two attempts, whatever the server asks.
+    assert (message.status, message.due_at) == ("queued", MONDAY + timedelta(hours=1))
+    engine.close()
+
+
 async def test_an_email_requeued_by_a_policy_pause_waits_for_the_send_window(
     program: Project,
 ) -> None:

@@ -22,15 +22,16 @@ QUEUES = {"notifications": "due_at", "webhook_deliveries": "next_at"}
 
 
 def upgrade() -> None:
+    # Plain ALTER TABLE on both databases: the new columns are in no index or constraint, so
+    # SQLite needs no batch rebuild (a copy of the table) to add or drop them.
     for table in QUEUES:
-        with op.batch_alter_table(table, schema=None) as batch_op:
-            batch_op.add_column(sa.Column("lease_owner", sa.String(length=64), nullable=True))
-            batch_op.add_column(
-                sa.Column("lease_until", engine.store.models.UtcDateTime(), nullable=True)
-            )
-            batch_op.add_column(
-                sa.Column("fence", sa.BigInteger(), server_default="0", nullable=False)
-            )
+        op.add_column(table, sa.Column("lease_owner", sa.String(length=64), nullable=True))
+        op.add_column(
+            table, sa.Column("lease_until", engine.store.models.UtcDateTime(), nullable=True)
+        )
+        op.add_column(
+            table, sa.Column("fence", sa.BigInteger(), server_default="0", nullable=False)
+        )
 
 
 def downgrade() -> None:
@@ -40,7 +41,5 @@ def downgrade() -> None:
             f"UPDATE {table} SET {due} = lease_until"
             f" WHERE lease_until IS NOT NULL AND lease_until > {due}"
         )
-        with op.batch_alter_table(table, schema=None) as batch_op:
-            batch_op.drop_column("fence")
-            batch_op.drop_column("lease_until")
-            batch_op.drop_column("lease_owner")
+        for column in ("fence", "lease_until", "lease_owner"):
+            op.drop_column(table, column)
