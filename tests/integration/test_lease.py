@@ -1,7 +1,7 @@
 """The one fenced lease queue (engine.store.lease) on SQLite and PostgreSQL: the notes to the
 team use it as the outbox does, a lease ends at its instant for everyone, a write whose fence
-moved on changes nothing, and migration 0007 moves the notes and webhook deliveries onto it
-and back."""
+moved on changes nothing (a webhook's attempt number, once its fence, repeats after a replay),
+and migration 0007 moves the notes and webhook deliveries onto it and back."""
 
 from __future__ import annotations
 
@@ -15,9 +15,19 @@ from sqlalchemy import inspect, select, text
 from engine.base.errors import TemporaryFailure
 from engine.mail.smtp import SmtpTransport
 from engine.outbound.notes import LEASE
+from engine.outbound.webhooks import (
+    LEASE_MARGIN,
+    Outcome,
+    WebhookStats,
+    claim_due,
+    enqueue_new,
+    record_attempt,
+    replay_failed,
+)
+from engine.records.events import record_event
 from engine.store.db import Database, _alembic_config
 from engine.store.lease import NOTES, Claimed
-from engine.store.models import Notification
+from engine.store.models import Notification, WebhookDelivery
 from tests.conftest import MONDAY, Project
 
 
@@ -135,6 +145,42 @@ def test_a_lease_ends_at_its_instant_for_everyone(project: Project) -> None:
         None,
         None,
     )
+    engine.close()
+
+
+# -- webhook deliveries ----------------------------------------------------------------------
+
+
+def test_a_late_webhook_result_from_before_a_replay_changes_nothing(
+    make_project: Callable[..., Project],
+) -> None:
+    hooked = make_project(
+        shipped=False,
+        extra='[webhooks]\nurls = ["https://hooks.example/in"]\n'
+        'secret = "whsec-test-0123456789abcdef"\ntimeout_seconds = 0.5\n',
+    )
+    engine = hooked.engine()
+    with engine.db.write() as session:
+        record_event(session, "replied", hooked.clock.now(), contact_id=None)
+    assert enqueue_new(engine.webhooks()) == 1
+    (lost,) = claim_due(engine.webhooks())  # attempt 1 ... and the worker hangs here
+    hooked.clock.advance(timedelta(seconds=0.5) + LEASE_MARGIN)
+    (gone,) = claim_due(engine.webhooks())  # attempt 2: the receiver says 410 Gone
+    record_attempt(engine.webhooks(), gone, Outcome(410, "HTTP 410 Gone"), WebhookStats())
+    assert replay_failed(engine.db, hooked.clock.now(), engine.settings.webhooks.urls).replayed
+    (held,) = claim_due(engine.webhooks())  # attempt 1 again, after the replay
+    assert held.attempt == lost.attempt == 1
+    # The attempt number repeats; the fence does not: the hung worker's word is not taken.
+    late = WebhookStats()
+    record_attempt(engine.webhooks(), lost, Outcome(200), late)
+    assert late.lost == 1
+    current = WebhookStats()
+    record_attempt(engine.webhooks(), held, Outcome(500, "HTTP 500"), current)
+    assert current.retried == 1
+    with engine.db.session() as session:
+        row = session.scalars(select(WebhookDelivery)).one()
+    assert (row.status, row.attempts, row.fence, row.last_status) == ("pending", 1, 3, 500)
+    assert (row.lease_owner, row.lease_until) == (None, None)
     engine.close()
 
 

@@ -39,7 +39,6 @@ from engine.outbound.webhooks import (
     deliver_due,
     enqueue_new,
     record_attempt,
-    replay_failed,
     webhooks_forever,
 )
 from engine.program.settings import load_settings
@@ -593,31 +592,6 @@ def test_a_crashed_worker_rows_come_back_and_its_late_result_is_fenced(
     assert late.lost == 1
     row = one_row(engine)
     assert (row.status, row.attempts, row.last_status) == ("delivered", 2, 200)
-
-
-def test_a_late_result_from_before_a_replay_changes_nothing(
-    engine: Engine, receiver: Receiver, hooked: Project
-) -> None:
-    record(engine, "replied")
-    enqueue_new(engine.webhooks())
-    (lost,) = claim_due(engine.webhooks())  # attempt 1 ... and the worker hangs here
-    hooked.clock.advance(timedelta(seconds=TIMEOUT) + LEASE_MARGIN)
-    receiver.answer(410)
-    assert deliver(engine).failed == 1  # attempt 2: gone
-    replay_failed(engine.db, hooked.clock.now(), engine.settings.webhooks.urls)
-    (now_held,) = claim_due(engine.webhooks())  # attempt 1 again, after the replay
-    assert now_held.attempt == lost.attempt
-    # The attempt number repeats; the fence does not: the hung worker's word is not taken.
-    late = WebhookStats()
-    record_attempt(engine.webhooks(), lost, Outcome(200), late)
-    assert late.lost == 1
-    assert one_row(engine).status == "pending"
-    current = WebhookStats()
-    record_attempt(engine.webhooks(), now_held, Outcome(200), current)
-    assert current.delivered == 1
-    row = one_row(engine)
-    assert (row.status, row.attempts, row.fence) == ("delivered", 1, 3)
-    assert (row.lease_owner, row.lease_until) == (None, None)
 
 
 def test_a_url_taken_out_of_the_settings_gets_nothing_more(
