@@ -42,7 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from engine.store.db import Database, lock_rows
-from engine.store.models import Leased, Message, Notification, WebhookDelivery
+from engine.store.models import Base, Leased, Message, Notification, WebhookDelivery
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +64,11 @@ class LeaseQueue:
     """
 
     def __init__(
-        self, model: type[Leased], *, due: str, waiting: str, leased: str | None = None
+        self, model: type[Base], *, due: str, waiting: str, leased: str | None = None
     ) -> None:
-        self.table = cast(Table, model.__table__)  # type: ignore[attr-defined]
+        if not issubclass(model, Leased):
+            raise TypeError(f"{model.__name__} has no lease columns (models.Leased)")
+        self.table = cast(Table, model.__table__)
         c = self.table.c
         self.due = c[due]
         self.waiting = waiting

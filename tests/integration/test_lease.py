@@ -26,8 +26,8 @@ from engine.outbound.webhooks import (
 )
 from engine.records.events import record_event
 from engine.store.db import Database, _alembic_config
-from engine.store.lease import NOTES, Claimed
-from engine.store.models import Notification, WebhookDelivery
+from engine.store.lease import NOTES, Claimed, LeaseQueue
+from engine.store.models import Alert, Notification, WebhookDelivery
 from tests.conftest import MONDAY, Project
 
 
@@ -146,6 +146,11 @@ def test_a_lease_ends_at_its_instant_for_everyone(project: Project) -> None:
         None,
     )
     engine.close()
+
+
+def test_a_table_without_the_lease_columns_is_no_queue() -> None:
+    with pytest.raises(TypeError, match="Alert has no lease columns"):
+        LeaseQueue(Alert, due="created_at", waiting="new")
 
 
 # -- webhook deliveries ----------------------------------------------------------------------
