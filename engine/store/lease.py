@@ -82,7 +82,11 @@ class LeaseQueue:
     # -- claiming -------------------------------------------------------------------------------
 
     def claimable(self, now: datetime) -> ColumnElement[bool]:
-        """Due at ``now`` and under no running lease (never leased, or its lease ran out)."""
+        """Due at ``now`` and under no running lease (never leased, or its lease ran out).
+
+        A leased row keeps its due time, which had come when it was claimed: the one
+        condition finds both the rows waiting for their turn and those a worker let lapse.
+        """
         c = self.table.c
         statuses = sorted({self.waiting, self.leased})
         return and_(
