@@ -31,8 +31,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.dovecot import Dovecot, find_dovecot
-
 from engine.base.clock import FixedClock
 from engine.demo import samples
 from engine.inbound.replies import poll_once
@@ -45,6 +43,7 @@ from engine.program.settings import (
 )
 from engine.store.db import Database
 from engine.wiring import Engine
+from tests.dovecot import Dovecot, find_dovecot
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
