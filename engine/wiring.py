@@ -88,16 +88,22 @@ class Engine:
             worker_id=worker_id or worker_name(),
         )
 
-    def notifier(self, transport: Transport) -> Notifier:
+    def notifier(self, transport: Transport, *, worker_id: str | None = None) -> Notifier:
         return Notifier(
             db=self.db,
             sender=self.settings.sender,
             clock=self.clock,
             transport=transport,
+            worker_id=worker_id or worker_name(),
         )
 
-    def webhooks(self) -> WebhookContext:
-        return WebhookContext(db=self.db, clock=self.clock, hooks=self.settings.webhooks)
+    def webhooks(self, *, worker_id: str | None = None) -> WebhookContext:
+        return WebhookContext(
+            db=self.db,
+            clock=self.clock,
+            hooks=self.settings.webhooks,
+            worker_id=worker_id or worker_name(),
+        )
 
     def replies(self) -> ReplyContext:
         """The reply mailbox's context; SettingsError when its phrases file is unreadable."""

@@ -6,11 +6,12 @@ Two passes, each safe to run in any number of processes at once:
   one per subscribed event and URL (a unique key: never twice). The meta key
   ``webhooks:last_event_id`` is the id of the last event looked at; it moves in the transaction
   that inserts the rows, so a crash repeats a batch at worst (and the unique key absorbs it).
-- ``deliver_due`` claims due rows, pushing their ``next_at`` past a lease (a crashed worker's
-  rows come back once it runs out) and counting the attempt, which doubles as a fencing token:
-  a result is written only while ``attempts`` still has the claimed value. 2xx: delivered;
-  410 Gone: failed at once; anything else (3xx not followed, 4xx, 5xx, timeout, refused
-  connection): retried with exponential backoff and jitter until ``max_attempts``, then failed.
+- ``deliver_due`` claims due rows from the fenced lease queue (engine.store.lease), leased for
+  the attempt's time limit plus ``LEASE_MARGIN`` (a crashed worker's rows come back once it
+  runs out), counting the attempt; a result is written only while the row still has the
+  claim's fence. 2xx: delivered; 410 Gone: failed at once; anything else (3xx not followed,
+  4xx, 5xx, timeout, refused connection): retried with exponential backoff and jitter
+  (engine.base.retry) until ``max_attempts``, then failed.
 
 ``webhooks_forever`` is the service ``run`` starts next to the scheduler; ``tick`` makes one
 bounded pass (``webhooks_pass``) after sending. Neither ever delays an email: an attempt, from
@@ -28,20 +29,21 @@ import hashlib
 import hmac
 import json
 import logging
-import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import httpx
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from engine.base.clock import Clock
+from engine.base.retry import retry_delay
 from engine.program.settings import WebhookSettings
 from engine.store.db import Database, insert_ignore, lock_rows
+from engine.store.lease import WEBHOOK_DELIVERIES, Claimed
 from engine.store.models import Contact, Event, Meta, WebhookDelivery
 
 log = logging.getLogger("engine.webhooks")
@@ -58,8 +60,11 @@ HOLE_GRACE = timedelta(seconds=60)
 BACKFILL = timedelta(hours=24)
 EVENT_BATCH = 500  # events read per enqueue transaction
 CONCURRENCY = 10  # deliveries claimed, and in flight, per delivery pass
-# The claim pushes next_at this far past the attempt's own time limit.
+# A claim's lease runs this far past the attempt's own time limit.
 LEASE_MARGIN = timedelta(seconds=60)
+# A retry's wait is shortened by up to half of it (README "Webhooks"): deliveries that failed
+# together (the receiver was down) do not all come back at the same second.
+JITTER = 0.5
 IDLE_SECONDS = 1.0  # the service's pause when nothing was due
 ERROR_PAUSE_SECONDS = 5.0  # the service's pause after a pass failed (database down ...)
 BODY_PREVIEW = 200  # characters of a refusing receiver's response kept in last_error
@@ -72,11 +77,13 @@ STATUSES = ("pending", "delivered", "failed")
 
 @dataclass(frozen=True, kw_only=True)
 class WebhookContext:
-    """What delivering webhooks needs: the store, the clock and ``[webhooks]``."""
+    """What delivering webhooks needs: the store, the clock, ``[webhooks]``, and the name
+    the worker's claims are leased to."""
 
     db: Database
     clock: Clock
     hooks: WebhookSettings
+    worker_id: str
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -106,27 +113,6 @@ def payload(event: Event, contact: Contact | None) -> bytes:
         "data": event.data or {},
     }
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def retry_delay(
-    attempt: int,
-    base: float,
-    cap: float,
-    *,
-    retry_after: float | None = None,
-    rand: Callable[[], float] = random.random,
-) -> float:
-    """Seconds to wait after failed attempt number ``attempt`` (1, 2, ...): ``base`` doubled
-    per attempt, at most ``cap``, then jittered down by up to half so that deliveries failed
-    together do not come back together; a receiver's Retry-After is a floor (within ``cap``).
-
-    ``retry_delay(1, 30, 21600)`` is in [15, 30]; ``retry_delay(4, 30, 21600)`` in [120, 240].
-    """
-    delay = min(cap, base * 2.0 ** min(attempt - 1, 60))
-    delay *= 1 - rand() / 2
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, cap))
-    return delay
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -259,13 +245,21 @@ def enqueue_new(ctx: WebhookContext) -> int:
 
 @dataclass(frozen=True)
 class Job:
-    """A claimed delivery: ``attempt`` is its fencing token (``attempts`` after the claim)."""
+    """A claimed delivery: the claim (the fencing token of its result, the attempt it counts)
+    and what to POST where."""
 
-    id: int
-    attempt: int
+    claimed: Claimed
     url: str
     event_type: str
     body: bytes
+
+    @property
+    def id(self) -> int:
+        return self.claimed.id
+
+    @property
+    def attempt(self) -> int:
+        return self.claimed.attempt
 
 
 @dataclass(frozen=True)
@@ -306,37 +300,37 @@ def claim_due(ctx: WebhookContext, limit: int = CONCURRENCY) -> list[Job]:
     if not hooks.urls:
         return []
     now = ctx.clock.now()
-    due = (
-        WebhookDelivery.status == "pending",
-        WebhookDelivery.next_at <= now,
-        WebhookDelivery.url.in_(hooks.urls),
+    due = WEBHOOK_DELIVERIES.select_due(WebhookDelivery.id, now).where(
+        WebhookDelivery.url.in_(hooks.urls)
     )
     with db.session() as session:  # a read first: no write lock when nothing is due
-        if session.scalar(select(WebhookDelivery.id).where(*due).limit(1)) is None:
+        if session.scalar(due.limit(1)) is None:
             return []
     with db.write() as session:
-        rows = session.scalars(
-            lock_rows(
-                db,
-                select(WebhookDelivery).where(*due).order_by(WebhookDelivery.next_at).limit(limit),
-            )
-        ).all()
-        if not rows:
+        claimed = WEBHOOK_DELIVERIES.claim(
+            session,
+            db,
+            due,
+            owner=ctx.worker_id,
+            until=now + timedelta(seconds=hooks.timeout_seconds) + LEASE_MARGIN,
+            limit=limit,
+        )
+        if not claimed:
             return []
-        events = {
-            e.id: e
-            for e in session.scalars(select(Event).where(Event.id.in_([r.event_id for r in rows])))
-        }
-        people = {e.contact_id for e in events.values() if e.contact_id is not None}
+        # Deleting an event deletes its deliveries: every claimed row has its event.
+        rows = session.execute(
+            select(WebhookDelivery.id, WebhookDelivery.url, Event)
+            .join(Event, Event.id == WebhookDelivery.event_id)
+            .where(WebhookDelivery.id.in_([c.id for c in claimed]))
+        ).all()
+        people = {e.contact_id for _, _, e in rows if e.contact_id is not None}
         contacts = {c.id: c for c in session.scalars(select(Contact).where(Contact.id.in_(people)))}
-        lease = now + timedelta(seconds=hooks.timeout_seconds) + LEASE_MARGIN
+        found = {id_: (url, event) for id_, url, event in rows}
         jobs = []
-        for row in rows:
-            row.attempts += 1
-            row.next_at = lease
-            event = events[row.event_id]  # deleting an event deletes its deliveries
+        for c in claimed:
+            url, event = found[c.id]
             person = contacts.get(event.contact_id) if event.contact_id is not None else None
-            jobs.append(Job(row.id, row.attempts, row.url, event.type, payload(event, person)))
+            jobs.append(Job(c, url, event.type, payload(event, person)))
         return jobs
 
 
@@ -394,7 +388,8 @@ async def _refusal(response: httpx.Response) -> str:
 
 
 def record_attempt(ctx: WebhookContext, job: Job, outcome: Outcome, stats: WebhookStats) -> None:
-    """Write an attempt's result, fenced on the claimed attempt number."""
+    """Write an attempt's result, fenced on the claim: a worker whose lease ran out and whose
+    row was claimed again changes nothing (counted as ``lost``)."""
     hooks = ctx.hooks
     now = ctx.clock.now()
     values: dict[str, Any] = {"last_status": outcome.status, "last_error": outcome.error}
@@ -409,23 +404,16 @@ def record_attempt(ctx: WebhookContext, job: Job, outcome: Outcome, stats: Webho
             job.attempt,
             hooks.retry_base_seconds,
             hooks.retry_max_seconds,
+            jitter=JITTER,
             retry_after=outcome.retry_after,
         )
         values["next_at"] = now + timedelta(seconds=delay)
         action = "webhook_retry"
     with ctx.db.write() as session:
-        result = session.execute(
-            update(WebhookDelivery)
-            .where(
-                WebhookDelivery.id == job.id,
-                WebhookDelivery.attempts == job.attempt,
-                WebhookDelivery.status == "pending",
-            )
-            .values(**values)
-        )
-    if cast(CursorResult[Any], result).rowcount == 0:
+        recorded = WEBHOOK_DELIVERIES.finish(session, job.claimed, **values)
+    if not recorded:
         stats.lost += 1
-        log.warning("webhook_lease_lost delivery=%s attempt=%s", job.id, job.attempt)
+        log.warning("webhook_lease_lost delivery=%s fence=%s", job.id, job.claimed.fence)
         return
     if action == "webhook_delivered":
         stats.delivered += 1

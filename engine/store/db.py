@@ -167,6 +167,9 @@ def insert_ignore(session: Session, db: Database, model: Any, rows: list[dict[st
 _INSERTS: dict[tuple[str, str, tuple[str, ...]], Prepared] = {}
 
 
-def lock_rows(db: Database, stmt: Select[Any]) -> Select[Any]:
-    """Let concurrent PostgreSQL workers take disjoint rows; SQLite has one writer anyway."""
-    return stmt.with_for_update(skip_locked=True) if db.is_postgres else stmt
+def lock_rows(db: Database, stmt: Select[Any], *, of: Any = None) -> Select[Any]:
+    """Let concurrent PostgreSQL workers take disjoint rows; SQLite has one writer anyway.
+
+    ``of``: lock only that table's rows (those of a joined table stay free for others).
+    """
+    return stmt.with_for_update(skip_locked=True, of=of) if db.is_postgres else stmt

@@ -66,6 +66,15 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+class Leased:
+    """The lease columns of a queue worked through engine.store.lease (the outbox, the notes,
+    the webhook deliveries): who holds a row, until when, and the fence every claim bumps."""
+
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    fence: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 # The columns templates see as ``contact.<name>`` (besides the custom fields).
 TEMPLATE_FIELDS = (
     "email",
@@ -146,7 +155,7 @@ class Enrollment(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
-class Message(Base):
+class Message(Leased, Base):
     """The outbox. One row per enrollment and step; Message-ID fixed when the row is written."""
 
     __tablename__ = "messages"
@@ -170,9 +179,6 @@ class Message(Base):
     status: Mapped[str] = mapped_column(String(16), default="queued")
     due_at: Mapped[datetime] = mapped_column(UtcDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    lease_owner: Mapped[str | None] = mapped_column(String(64))
-    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
-    fence: Mapped[int] = mapped_column(BigInteger, default=0)  # bumped by every claim
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
@@ -312,7 +318,7 @@ class Purchase(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
-class WebhookDelivery(Base):
+class WebhookDelivery(Leased, Base):
     """One event for one webhook URL: a durable queue, retried with backoff."""
 
     __tablename__ = "webhook_deliveries"
@@ -341,7 +347,7 @@ class Suppression(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
-class Notification(Base):
+class Notification(Leased, Base):
     """An email to a person on the team (owner, sales, account manager), e.g. "X replied".
 
     Its own small outbox: ``key`` makes each notification idempotent (one per event and role).

@@ -16,6 +16,7 @@ from sqlalchemy import event, func, select, update
 from engine.base.errors import TemporaryFailure
 from engine.mail.smtp import SmtpTransport
 from engine.records.events import record_event
+from engine.send.batch import load
 from engine.send.sender import Claimed, SendStats
 from engine.store.db import transaction
 from engine.store.models import Contact, Enrollment, Event, Message, Suppression
@@ -250,7 +251,7 @@ async def test_an_email_cancelled_during_its_smtp_transaction_is_recorded_as_sen
         sender = engine.sender(transport, worker_id="w")
         [c] = sender.claim(10)
         with engine.db.write_connection() as conn:
-            assert transaction(conn, lambda tx: sender._fence(tx, c)) is True
+            assert transaction(conn, lambda tx: sender.claims.fence(tx, c)) is True
         # Its SMTP transaction is under way when a reply ends the enrollment.
         program.clock.advance(timedelta(seconds=3))
         with engine.db.write() as s:
@@ -340,15 +341,15 @@ async def test_a_worker_that_lost_the_lease_does_not_give_up_on_the_enrollment(
         [new] = fresh.claim(10)
         with engine.db.write() as s:
             s.execute(update(Message).values(attempts=max_attempts))
-        row = fresh._load([new])[new.id]
+        row = load(engine.db, [new])[new.id]
         failure = TemporaryFailure("451 4.3.0 Try again later", code=451)
         stats = SendStats()
-        late._retry(old, failure, stats, row)  # its last attempt, but no longer its row
+        late.outcomes.retry(old, failure, stats, row)  # its last attempt, but no longer its row
         assert (stats.failed, stats.skipped) == (0, 1)
         with engine.db.session() as s:
             assert s.scalars(select(Enrollment.status)).one() == "active"
             assert s.scalars(select(Message.status)).one() == "sending"
-        fresh._retry(new, failure, stats, row)
+        fresh.outcomes.retry(new, failure, stats, row)
         assert stats.failed == 1
     with engine.db.session() as s:
         assert s.scalars(select(Enrollment.status)).one() == "stopped"
@@ -369,6 +370,27 @@ async def test_a_retry_waits_for_the_send_window(program: Project) -> None:
         message = s.scalars(select(Message)).one()
     # 16:00 + 6 h is 22:00: the window opens again Tuesday 09:00.
     assert (message.status, message.due_at) == ("queued", datetime(2026, 3, 3, 9, tzinfo=UTC))
+    engine.close()
+
+
+async def test_a_servers_retry_hint_is_honoured_up_to_the_longest_wait(
+    program: Project,
+) -> None:
+    contacts(program, *promoters(1))
+    program.sink.rcpt_responses["p000@example.com"] = "451 4.3.0 Try again in 6 hours"
+    settings = program.settings
+    settings = dataclasses.replace(
+        settings, smtp=dataclasses.replace(settings.smtp, retry_max_seconds=3600)
+    )
+    engine = Engine.build(settings, program.clock)
+    engine.planner().plan()
+    async with SmtpTransport(engine.settings.smtp) as transport:
+        stats = await engine.sender(transport, worker_id="w").send_due()
+    assert stats.retried == 1
+    with engine.db.session() as s:
+        message = s.scalars(select(Message)).one()
+    # smtp.retry_max_seconds is the longest wait between two attempts, whatever the server asks.
+    assert (message.status, message.due_at) == ("queued", MONDAY + timedelta(hours=1))
     engine.close()
 
 

@@ -24,11 +24,13 @@ import pytest
 from sqlalchemy import delete, func, insert, select, update
 
 from engine.base.errors import SettingsError
+from engine.base.retry import retry_delay
 from engine.mail.smtp import SmtpTransport
 from engine.outbound import webhooks
 from engine.outbound.webhooks import (
     CONCURRENCY,
     HOLE_GRACE,
+    JITTER,
     LEASE_MARGIN,
     WATERMARK,
     Outcome,
@@ -37,7 +39,6 @@ from engine.outbound.webhooks import (
     deliver_due,
     enqueue_new,
     record_attempt,
-    retry_delay,
     webhooks_forever,
 )
 from engine.program.settings import load_settings
@@ -398,9 +399,11 @@ def test_410_gone_fails_at_once(engine: Engine, receiver: Receiver, hooked: Proj
     ("attempt", "expected"), [(1, 30.0), (2, 60.0), (5, 480.0), (12, 21600.0), (10**6, 21600.0)]
 )
 def test_backoff_doubles_with_jitter_up_to_the_cap(attempt: int, expected: float) -> None:
-    assert retry_delay(attempt, 30, 21600, rand=lambda: 0.0) == expected
-    assert retry_delay(attempt, 30, 21600, rand=lambda: 1.0) == expected / 2
-    assert retry_delay(attempt, 30, 21600, retry_after=10**9, rand=lambda: 1.0) == 21600
+    assert retry_delay(attempt, 30, 21600, jitter=JITTER, rand=lambda: 0.0) == expected
+    assert retry_delay(attempt, 30, 21600, jitter=JITTER, rand=lambda: 1.0) == expected / 2
+    assert (
+        retry_delay(attempt, 30, 21600, jitter=JITTER, retry_after=10**9, rand=lambda: 1.0) == 21600
+    )
 
 
 # -- the CLI --------------------------------------------------------------------------------

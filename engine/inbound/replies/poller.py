@@ -15,11 +15,11 @@ import contextlib
 import hashlib
 import json
 import logging
-import random
 from dataclasses import dataclass
 from datetime import timedelta
 
 from engine.base.errors import SettingsError
+from engine.base.retry import retry_delay
 from engine.inbound.replies.classify import Rules, Verdict
 from engine.inbound.replies.imap import Mailbox, MailboxError
 from engine.inbound.replies.parse import Incoming
@@ -35,7 +35,10 @@ from engine.store.models import Meta
 
 log = logging.getLogger("engine.replies")
 
-RECONNECT_FIRST_SECONDS = 1.0
+RECONNECT_FIRST_SECONDS = 1.0  # the first wait to reconnect; doubled per failure in a row
+# A wait is shortened by up to this much of it: engines that lost the server together do not
+# all knock again at the same moment.
+RECONNECT_JITTER = 0.2
 FIRST_LOOK = timedelta(days=30)
 
 
@@ -129,29 +132,36 @@ async def poll_forever(ctx: ReplyContext, stop: asyncio.Event) -> None:
         log.info("imap_disabled reason=no imap.username")
         return
     rules = ctx.rules
-    first = delay = min(RECONNECT_FIRST_SECONDS, imap.reconnect_max_seconds)
+    failures = 0  # in a row, since a connection last opened
     while not stop.is_set():
         box: Mailbox | None = None
         try:
             box = await Mailbox.open(imap, base_dir=ctx.base_dir)
-            delay = first
+            failures = 0
             while not stop.is_set():
                 # Again until a pass finds nothing: news announced while a pass ran is not
                 # announced again once the IDLE starts.
                 while (stats := await drain(ctx, box, rules, stop)).read:
                     log.info("replies_polled %s", stats.summary())
                 await box.wait_for_news(stop)
-        except MailboxError as exc:
-            log.warning("imap_reconnect in=%.1fs reason=%s", delay, exc)
-        except Exception:  # a database outage, a bug: keep the engine running, try again
-            log.exception("replies_poll_failed retry_in=%.1fs", delay)
+        except Exception as exc:
+            failures += 1
+            delay = retry_delay(
+                failures,
+                RECONNECT_FIRST_SECONDS,
+                imap.reconnect_max_seconds,
+                jitter=RECONNECT_JITTER,
+            )
+            if isinstance(exc, MailboxError):
+                log.warning("imap_reconnect in=%.1fs reason=%s", delay, exc)
+            else:  # a database outage, a bug: keep the engine running, try again
+                log.exception("replies_poll_failed retry_in=%.1fs", delay)
         finally:
             if box is not None:
                 await box.close()
         if not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, imap.reconnect_max_seconds)
+                await asyncio.wait_for(stop.wait(), timeout=delay)
     log.info("imap_stopped")
 
 
