@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.base.clock import FixedClock
 from engine.demo import samples
-from engine.inbound.replies import poll_once
+from engine.inbound.replies.poller import poll_once
 from engine.program.settings import (
     DatabaseSettings,
     NotifySettings,

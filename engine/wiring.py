@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 from engine.base.clock import Clock
 from engine.base.errors import TemplateError
-from engine.inbound.replies import poll_forever
 from engine.inbound.replies.record import ReplyContext, rules_for
-from engine.inbound.tracking import TrackingContext, serve_tracking
+from engine.inbound.tracking.context import TrackingContext
 from engine.mail.smtp import Transport
 from engine.mail.tokens import Links, Signer
 from engine.outbound.notes import Notifier
@@ -157,6 +156,11 @@ def template_exists(renderer: Renderer, name: str) -> bool:
 def standard_services(engine: Engine) -> list[Service]:
     """What `run` serves besides the scheduler: the tracking app, and the IMAP poller when a
     mailbox is configured ([imap] username)."""
+    # Imported here, for `run` alone: Starlette, uvicorn and aioimaplib cost about 0.3 s at
+    # the start of every other command (python -X importtime).
+    from engine.inbound.replies.poller import poll_forever
+    from engine.inbound.tracking.app import serve_tracking
+
     services: list[Service] = [functools.partial(serve_tracking, engine.tracking())]
     if engine.settings.imap.username:
         services.append(functools.partial(poll_forever, engine.replies()))

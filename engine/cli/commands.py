@@ -260,7 +260,7 @@ async def serve(engine: Engine, console: Console) -> int:
     import asyncio
     import signal
 
-    from engine.inbound.tracking import serve_tracking
+    from engine.inbound.tracking.app import serve_tracking
 
     require_real_secret(engine.settings)  # its CSRF and tracking tokens rest on the secret
     stop = asyncio.Event()
@@ -419,7 +419,7 @@ def retry_held(engine: Engine, sequence: str | None, console: Console) -> int:
 
 async def replies_poll(engine: Engine, console: Console) -> int:
     """One pass over the reply mailbox: replies, auto-replies and bounces become events."""
-    from engine.inbound.replies import poll_once
+    from engine.inbound.replies.poller import poll_once
 
     stats = await poll_once(engine.replies())
     console.print(f"replies poll: {stats.summary()}", highlight=False, markup=False)

@@ -33,9 +33,9 @@ from sqlalchemy import select
 from engine.base.clock import AcceleratedClock
 from engine.demo import samples
 from engine.demo.sink import EmlHandler, bound_port, start_sink
-from engine.inbound.replies import process_message
-from engine.inbound.tracking import build_app, message_links
-from engine.inbound.tracking.app import bind, serve_app
+from engine.inbound.replies.record import process_message
+from engine.inbound.tracking.app import bind, build_app, serve_app
+from engine.inbound.tracking.links import message_links
 from engine.mail.smtp import SmtpTransport
 from engine.plan.explain import explain_contact
 from engine.program.settings import NotifySettings, Settings, load_settings

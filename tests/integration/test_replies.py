@@ -17,8 +17,9 @@ import pytest
 from sqlalchemy import func, select
 
 from engine.demo import samples
-from engine.inbound.replies import PollStats, poll_forever, poll_once, process_message
 from engine.inbound.replies.imap import Mailbox
+from engine.inbound.replies.poller import PollStats, poll_forever, poll_once
+from engine.inbound.replies.record import process_message
 from engine.store.models import (
     Alert,
     Enrollment,

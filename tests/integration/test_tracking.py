@@ -24,7 +24,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from engine.inbound.tracking import message_links
+from engine.inbound.tracking.links import message_links
 from engine.inbound.tracking.web import GIF
 from engine.mail.tokens import Signer
 from engine.scheduler import tick

@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import Page, expect
 from sqlalchemy import select
 
-from engine.inbound.tracking import MessageLinks, message_links
+from engine.inbound.tracking.links import MessageLinks, message_links
 from engine.scheduler import tick
 from engine.store.models import Contact, Event, Referral
 from tests.conftest import Project

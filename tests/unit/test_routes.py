@@ -15,8 +15,9 @@ import pytest
 from starlette.routing import Match, Route
 
 from engine.base.clock import FixedClock
-from engine.inbound.tracking import TrackingContext, build_app
+from engine.inbound.tracking.app import build_app
 from engine.inbound.tracking.buffer import Hit, HitBuffer
+from engine.inbound.tracking.context import TrackingContext
 from engine.inbound.tracking.web import GIF
 from engine.mail.tokens import FORM_KINDS, LINK_PATHS, Links, Signer
 from engine.program.settings import SenderSettings, TrackingSettings

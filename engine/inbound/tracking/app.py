@@ -36,11 +36,12 @@ from starlette.types import Receive, Scope, Send
 from engine.base.clock import Clock
 from engine.inbound.tracking import records
 from engine.inbound.tracking.buffer import Hit, HitBuffer
-from engine.inbound.tracking.context import AppState, TrackingContext, machine_reason
+from engine.inbound.tracking.context import TrackingContext
 from engine.inbound.tracking.csrf import CsrfTokens
 from engine.inbound.tracking.pages import Pages
 from engine.inbound.tracking.routes import clicks, email_forms, nps, referral, service, unsubscribe
 from engine.inbound.tracking.server import TrackingError, bind, serve_app
+from engine.inbound.tracking.state import AppState, machine_reason
 from engine.inbound.tracking.web import (
     GIF,
     SecurityHeaders,

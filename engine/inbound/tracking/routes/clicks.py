@@ -8,7 +8,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from engine.inbound.tracking.buffer import Hit
-from engine.inbound.tracking.context import AppState
+from engine.inbound.tracking.state import AppState
 from engine.inbound.tracking.web import safe_location
 from engine.mail.tokens import LINK_PATHS
 

@@ -12,8 +12,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from engine.inbound.tracking import forms, records
-from engine.inbound.tracking.context import FORM_BODY_MAX, AppState, path_param
 from engine.inbound.tracking.i18n import Translator, language
+from engine.inbound.tracking.state import FORM_BODY_MAX, AppState, path_param
 from engine.mail.tokens import FORM_KINDS, LINK_PATHS
 from engine.records.referrals import ReferralError, add_referral
 

@@ -11,8 +11,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from engine.inbound.tracking import forms, records
-from engine.inbound.tracking.context import FORM_BODY_MAX, AppState, path_param
 from engine.inbound.tracking.i18n import Translator, negotiate
+from engine.inbound.tracking.state import FORM_BODY_MAX, AppState, path_param
 from engine.mail.tokens import LINK_PATHS
 from engine.records.referrals import ReferralError, add_referral
 

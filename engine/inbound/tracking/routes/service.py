@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from engine.inbound.tracking.api import ApiError, apply_event, parse_body
-from engine.inbound.tracking.context import AppState
+from engine.inbound.tracking.state import AppState
 
 log = logging.getLogger("engine.tracking")
 

@@ -8,8 +8,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from engine.inbound.tracking import records
-from engine.inbound.tracking.context import FORM_BODY_MAX, AppState
 from engine.inbound.tracking.i18n import language
+from engine.inbound.tracking.state import FORM_BODY_MAX, AppState
 from engine.mail.tokens import LINK_PATHS
 
 
