@@ -30,6 +30,7 @@ from engine.base.retry import retry_delay
 from engine.program.sequences import Sequence
 from engine.program.settings import Settings
 from engine.records.events import record_event, schedule_reentry, suppress
+from engine.records.health import short_reason
 from engine.records.pauses import PauseKind, active_pause, relay_failed
 from engine.send.batch import Loaded
 from engine.store.db import Database
@@ -41,9 +42,6 @@ log = logging.getLogger("engine.sender")
 # A retry's wait is shortened by up to this much of it, so that emails refused together
 # (a greylisting server) do not all come back at the same second.
 RETRY_JITTER = 0.2
-# A reason is counted by its first this many characters: the same refusal, whatever the
-# address or template name at its end, is one line in `tick`'s top reasons.
-REASON_WIDTH = 60
 
 
 @dataclass
@@ -65,12 +63,6 @@ class SendStats:
         """The most frequent reasons for retrying and holding, ``retrying 12: 451 4.3.0 ...``."""
         lines = [f"retrying {n}: {r}" for r, n in self.retry_reasons.most_common(count)]
         return lines + [f"held {n}: {r}" for r, n in self.held_reasons.most_common(count)]
-
-
-def short_reason(reason: str) -> str:
-    """A reason cut to ``REASON_WIDTH`` characters, to count alike reasons together."""
-    reason = " ".join(reason.split())
-    return reason if len(reason) <= REASON_WIDTH else reason[: REASON_WIDTH - 1] + "…"
 
 
 def relay_problem(exc: TransportError) -> PauseKind | None:

@@ -3,22 +3,29 @@ every email delivered once when the relay comes back; pauses shown and lifted by
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import signal
 import socket
+import subprocess
+import time
 from collections.abc import Callable
 from datetime import timedelta
+from select import select as select_fds
 
 import pytest
 from sqlalchemy import func, select
 
 from engine.mail.smtp import SmtpTransport
 from engine.records.pauses import PauseKind, pauses_in_force
-from engine.scheduler import tick
-from engine.store.models import Message
+from engine.scheduler import TickResult, tick
+from engine.store.models import Event, Message
 from engine.wiring import Engine
 from tests.conftest import Project
-from tests.support.scenario import contacts, setup
-from tests.support.smtp_server import SmtpSink
+from tests.support.scenario import contacts, engine_command, setup
+from tests.support.smtp_server import SmtpSink, sink_factory_fixture  # noqa: F401  (fixture)
+
+ALL_DAYS = '["mon", "tue", "wed", "thu", "fri", "sat", "sun"]'
 
 
 def promoters(n: int) -> list[str]:
@@ -114,3 +121,101 @@ async def test_a_relay_outage_pauses_sending_and_every_email_goes_out_once_it_is
     assert sorted(m.message["Message-ID"] for m in received) == sorted(ids_before)
     assert count(engine, "sent") == 200
     engine.close()
+
+
+def tick_once(engine: Engine) -> TickResult:
+    """One tick over a transport of its own (a test that also runs CLI commands)."""
+
+    async def one() -> TickResult:
+        async with SmtpTransport(engine.settings.smtp) as transport:
+            return await tick(engine, transport)
+
+    return asyncio.run(one())
+
+
+def test_a_refused_login_pauses_sending_until_sending_resume_lifts_it(
+    program: Project, smtp_sink_factory: Callable[..., SmtpSink]
+) -> None:
+    contacts(program, *promoters(1))
+    relay = smtp_sink_factory(credentials={"team": "right"})
+    engine = engine_on(program, relay.port, username="team", password="wrong", connections=1)
+    first = tick_once(engine)
+    assert first.send.paused and first.send.failed == 0
+    with engine.db.session() as s:
+        (pause,) = pauses_in_force(s, program.clock.now())
+        assert s.scalar(select(Message.attempts)) == 0
+    assert pause.kind == PauseKind.LOGIN_REFUSED and "login" in pause.reason
+
+    # Shown by tick, status and report until it ends.
+    program.clock.advance(timedelta(seconds=10))
+    code, out = program.cli("tick")
+    assert code == 0 and "sending paused: login refused since 2026-03-02 10:00" in out, out
+    code, out = program.cli("status")
+    assert code == 1 and "PAUSED login refused" in out and "needs attention" in out, out
+    code, out = program.cli("report")
+    assert "sending paused: login refused" in out, out
+
+    # The password is fixed: a person lifts the pause rather than wait for the next probe.
+    code, out = program.cli("sending", "resume", "--kind", "policy")
+    assert code == 2 and "is not one of" in out, out
+    code, out = program.cli("sending", "resume")
+    assert code == 0 and "lifted: login refused" in out and "1 pause(s) lifted" in out, out
+    with engine.db.session() as s:
+        assert pauses_in_force(s, program.clock.now()) == []
+        resumed = s.scalars(select(Event).where(Event.type == "sending.resumed")).one()
+    assert resumed.data["lifted"][0]["kind"] == "login_refused"
+    code, out = program.cli("report")
+    assert "sending paused" not in out, out
+    engine.close()
+
+    fixed = engine_on(program, relay.port, username="team", password="right", connections=1)
+    result = tick_once(fixed)
+    assert result.send.sent == 1 and [m.login for m in relay.wait_for(1)] == ["team"]
+    fixed.close()
+
+
+def read_until(process: subprocess.Popen[str], text: str, seen: list[str], timeout: float) -> str:
+    """Lines of the process's output until one holds ``text``; fails after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        ready, _, _ = select_fds([process.stdout], [], [], 0.2)
+        if ready:
+            line = process.stdout.readline()
+            seen.append(line)
+            if text in line:
+                return line
+    raise AssertionError(f"no {text!r} within {timeout} s in:\n{''.join(seen)}")
+
+
+@pytest.mark.slow
+def test_run_says_once_when_sending_starts_failing_and_once_when_it_works_again(
+    program: Project,
+) -> None:
+    contacts(program, *promoters(5))
+    port = refusing_port()
+    text = program.settings_path.read_text(encoding="utf-8")
+    text = text.replace(f"port = {program.sink.port}", f"port = {port}\nmax_attempts = 2")
+    text = text.replace("retry_base_seconds = 60", "retry_base_seconds = 1")
+    text = text.replace('days = ["mon", "tue", "wed", "thu", "fri"]', "days = " + ALL_DAYS)
+    text = text.replace('hours = "09:00-17:00"', 'hours = "00:00-23:59"')
+    program.settings_path.write_text(text, encoding="utf-8")
+    cmd, env = engine_command(program, "run", "--interval", "0.2")
+    cmd.remove("--now")
+    cmd.remove(program.clock.now().isoformat())  # the real clock: the relay is real
+    env = {**env, "ENGINE_TRACKING_LISTEN": f"127.0.0.1:{refusing_port()}"}
+    process = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    seen: list[str] = []
+    try:
+        failing = read_until(process, "sending is failing", seen, 30)
+        assert "relay down" in failing and "cannot connect" in failing
+        time.sleep(2.5)  # a probe or two fail meanwhile: no more lines about it
+        with SmtpSink(port=port) as sink:
+            read_until(process, "sending works again", seen, 30)
+            assert len(sink.wait_for(5)) == 5
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    assert sum("sending is failing" in line for line in seen) == 1, seen
