@@ -110,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     orr.add_argument("--sequence", help="only this sequence")
 
+    sd = sub.add_parser("sending", parents=[common], help="sending as a whole: lift its pauses")
+    sdsub = sd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sr = sdsub.add_parser(
+        "resume", parents=[common], help="lift every pause of sending in force (or one --kind)"
+    )
+    sr.add_argument("--kind", help="only pauses of this kind (as `status` shows it)")
+    sub.add_parser(
+        "status", parents=[common], help="health at a glance; exit 1 when something needs a person"
+    )
+
     rq = sub.add_parser("replies", parents=[common], help="the reply mailbox (IMAP)")
     rqsub = rq.add_subparsers(dest="action", required=True, metavar="ACTION")
     rqsub.add_parser("poll", parents=[common], help="one pass: replies, auto-replies, bounces")
@@ -260,6 +270,10 @@ def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool) -> 
                 return commands.retry_held(engine, args.sequence, console)
             case "replies":
                 return asyncio.run(commands.replies_poll(engine, console))
+            case "sending":
+                return commands.sending_resume(engine, args.kind, console)
+            case "status":
+                return commands.status(engine, console)
             case "webhooks" if args.action == "list":
                 return commands.webhooks_list(engine, args.status, args.limit, console)
             case "webhooks":
