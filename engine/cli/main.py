@@ -203,6 +203,15 @@ def main(
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug or an unforeseen failure: one line, exit 2 (-vv: traceback)
+        logging.getLogger("engine").debug("unexpected_error", exc_info=True)
+        first = (str(exc).splitlines() or [""])[0]
+        err.print(
+            f"error: unexpected {type(exc).__name__}: {first} (run with -vv for the traceback)",
+            markup=False,
+            highlight=False,
+        )
+        return EXIT_ERROR
 
 
 def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool) -> int:
@@ -215,7 +224,7 @@ def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool) -> 
         from engine.demo.run import run_demo
 
         return run_demo(args.dir, weeks=args.weeks, speed=args.speed, console=console)
-    settings = load_settings(getattr(args, "settings", None))
+    settings = load_settings(getattr(args, "settings", None), missing_ok=False)
     clock = make_clock(args)
     if args.command == "validate":
         return commands.validate(settings, args.paths, console)
