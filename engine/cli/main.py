@@ -16,7 +16,8 @@ from rich.console import Console
 
 from engine.base.clock import Clock, FixedClock, SystemClock, parse_instant
 from engine.base.errors import EngineError, SettingsError
-from engine.program.settings import load_settings
+from engine.cli.init import readable_secrets_warning
+from engine.program.settings import DEFAULT_PATH, load_settings
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 
@@ -144,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="which table --format csv prints (default steps)",
     )
 
+    it = sub.add_parser(
+        "init", parents=[common], help="create a project folder for a first real program"
+    )
+    it.add_argument("dir", nargs="?", type=Path, default=Path("."), help="default: here")
+
     d = sub.add_parser("demo", parents=[common], help="the whole thing on sample data, embedded")
     d.add_argument("--dir", type=Path, default=Path("demo-out"), help="where the demo writes")
     d.add_argument("--weeks", type=int, default=10, help="simulated weeks to play")
@@ -164,6 +170,12 @@ def make_clock(args: argparse.Namespace) -> Clock:
         return FixedClock(parse_instant(text))
     except ValueError:
         raise SettingsError("--now", f"{text!r} is not an ISO-8601 date/time") from None
+
+
+def settings_file(args: argparse.Namespace) -> Path:
+    """The settings file this command reads (--settings, $ENGINE_SETTINGS, ./settings.toml)."""
+    given = getattr(args, "settings", None) or os.environ.get("ENGINE_SETTINGS")
+    return Path(given or DEFAULT_PATH)
 
 
 def entry() -> int:
@@ -187,7 +199,7 @@ def main(
     level = {0: logging.WARNING, 1: logging.INFO}.get(getattr(args, "verbose", 0), logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s %(message)s")
     try:
-        return _dispatch(args, console, freeze_heap)
+        return _dispatch(args, console, freeze_heap, err)
     except EngineError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         cause = exc.__cause__
@@ -214,7 +226,7 @@ def main(
         return EXIT_ERROR
 
 
-def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool) -> int:
+def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool, err: Console) -> int:
     from engine.cli import commands  # heavy imports only once arguments are known
 
     if freeze_heap:
@@ -224,7 +236,13 @@ def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool) -> 
         from engine.demo.run import run_demo
 
         return run_demo(args.dir, weeks=args.weeks, speed=args.speed, console=console)
+    if args.command == "init":
+        from engine.cli.init import init_project
+
+        return init_project(args.dir, console)
     settings = load_settings(getattr(args, "settings", None), missing_ok=False)
+    if warning := readable_secrets_warning(settings_file(args)):
+        err.print(warning, markup=False, highlight=False)
     clock = make_clock(args)
     if args.command == "validate":
         return commands.validate(settings, args.paths, console)

@@ -10,10 +10,8 @@ import dataclasses
 import difflib
 import functools
 import json
-import logging
 import os
 import re
-import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,11 +33,8 @@ from engine.program.windows import (
 
 DEFAULT_PATH = "settings.toml"
 
-log = logging.getLogger("engine.settings")
-
 # Keys holding a password or a key: never in a repr, a log line or an error message
-# (``field(repr=False)``; SettingsError shows no value of theirs), and a settings file holding
-# one should be readable by its owner alone.
+# (``field(repr=False)``; SettingsError shows no value of theirs).
 SECRET = {"secret": True}
 
 
@@ -282,19 +277,18 @@ def _coerce(key: str, value: Any, target: Any, *, secret: bool = False) -> Any:
     return tuple(value)
 
 
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
+_TRUE, _FALSE = frozenset({"1", "true", "yes", "on"}), frozenset({"0", "false", "no", "off"})
 
 
 def _env_list(key: str, text: str, got: str) -> Any:
     """A list from an environment variable: a JSON array (``'["a", "b"]'``) when it starts
     with ``[``, else comma-separated (``"a, b"`` -> ``["a", "b"]``)."""
-    if text.lstrip().startswith("["):
-        try:
-            return json.loads(text)
-        except ValueError:
-            raise SettingsError(key, f"not a JSON array of strings: {got}") from None
-    return [v.strip() for v in text.split(",") if v.strip()]
+    if not text.lstrip().startswith("["):
+        return [v.strip() for v in text.split(",") if v.strip()]
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise SettingsError(key, f"not a JSON array of strings: {got}") from None
 
 
 def _build_section(name: str, cls: type, raw: Mapping[str, Any], env: Mapping[str, str]) -> Any:
@@ -320,8 +314,7 @@ def env_variable(section: str, key: str) -> str:
     return f"ENGINE_{section.upper()}_{key.upper()}"
 
 
-# ENGINE_* variables that are not settings keys: the settings file, the clock, and the test
-# suite's switches (ENGINE_REQUIRE_POSTGRES ..., ENGINE_CHROMIUM).
+# ENGINE_* variables that are not keys: the settings file, the clock, the tests' switches.
 OTHER_VARIABLES = frozenset({"ENGINE_SETTINGS", "ENGINE_NOW", "ENGINE_CHROMIUM"})
 OTHER_PREFIXES = ("ENGINE_REQUIRE_",)
 
@@ -573,8 +566,7 @@ def load_settings(
     A missing file is fine only when no path was asked for explicitly and ``missing_ok`` (the
     CLI says False: a command run from the wrong folder must not work on an empty database),
     or when ENGINE_DATABASE_URL says where the data is (settings from the environment alone).
-    Unknown ENGINE_* variables are refused; a file that others may read and that holds a
-    password or secret is warned about (as ssh does with a private key).
+    Unknown ENGINE_* variables are refused.
     """
     env = os.environ if env is None else env
     _check_variables(env)
@@ -605,47 +597,4 @@ def load_settings(
     }
     settings = Settings(**sections, base_dir=file.resolve().parent)
     _validate(settings)
-    if raw:
-        _warn_if_readable(file, raw)
     return settings
-
-
-def secrets_in(raw: Mapping[str, Any]) -> list[str]:
-    """The keys of a parsed settings file that hold a real secret (not empty, not the shipped
-    placeholder; a database URL with a password)."""
-    found = []
-    for name, cls in SECTIONS.items():
-        section = raw.get(name)
-        if not isinstance(section, dict):
-            continue
-        for f in dataclasses.fields(cls):
-            value = section.get(f.name)
-            if not f.metadata.get("secret") or not value or value in PLACEHOLDER_SECRETS:
-                continue
-            if f.name == "url" and not (isinstance(value, str) and _url_password(value)):
-                continue
-            found.append(f"{name}.{f.name}")
-    return found
-
-
-def _url_password(url: str) -> str | None:
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
-
-
-def _warn_if_readable(file: Path, raw: Mapping[str, Any]) -> None:
-    mode = file.stat().st_mode
-    if os.name != "posix" or not mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return
-    keys = secrets_in(raw)
-    if keys:
-        log.warning(
-            "settings_file_readable_by_others file=%s mode=%s holds=%s: others on this machine "
-            "can read them; run chmod 600 %s, or keep secrets in ENGINE_* variables",
-            file,
-            oct(stat.S_IMODE(mode)),
-            ",".join(keys),
-            file,
-        )
