@@ -93,9 +93,9 @@ def readable_secrets_warning(file: Path) -> str | None:
     if not keys:
         return None
     return (
-        f"warning: {file} holds {', '.join(keys)} and others on this machine can read it "
-        f"(mode {stat.S_IMODE(mode):o}): run chmod 600 {file}, or keep secrets in ENGINE_* "
-        "variables"
+        f"settings_file_readable_by_others: {file} holds {', '.join(keys)} and others on "
+        f"this machine can read it (mode {stat.S_IMODE(mode):o}): run chmod 600 {file}, "
+        "or keep secrets in ENGINE_* variables"
     )
 
 

@@ -199,7 +199,7 @@ def main(
     level = {0: logging.WARNING, 1: logging.INFO}.get(getattr(args, "verbose", 0), logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s %(message)s")
     try:
-        return _dispatch(args, console, freeze_heap, err)
+        return _dispatch(args, console, freeze_heap)
     except EngineError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         cause = exc.__cause__
@@ -226,7 +226,7 @@ def main(
         return EXIT_ERROR
 
 
-def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool, err: Console) -> int:
+def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool) -> int:
     from engine.cli import commands  # heavy imports only once arguments are known
 
     if freeze_heap:
@@ -242,7 +242,8 @@ def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool, err
         return init_project(args.dir, console)
     settings = load_settings(getattr(args, "settings", None), missing_ok=False)
     if warning := readable_secrets_warning(settings_file(args)):
-        err.print(warning, markup=False, highlight=False)
+        # On stderr through the log, as ssh warns: never mixed into a command's output.
+        logging.getLogger("engine.settings").warning(warning)
     clock = make_clock(args)
     if args.command == "validate":
         return commands.validate(settings, args.paths, console)
