@@ -4,6 +4,7 @@ alone (the hits wait in memory) and /healthz says 503; afterwards everything res
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import MONDAY, ROOT, write_settings
+from tests.conftest import MONDAY, ROOT, Project, write_settings
 from tests.support.mail_links import link
 from tests.support.pg import PostgresServer, find_bin_dir, free_port
 from tests.support.scenario import ASK, HEADER, REWARD, TEMPLATES, THANKS
@@ -151,3 +152,29 @@ def test_run_rides_out_a_database_outage(
     counts = dict(kinds)
     assert counts.get("opened", 0) >= 1 and counts.get("clicked", 0) >= 1, counts
     assert [m.rcpt_tos[0] for m in smtp_sink.messages] == ["ana@example.com", "bo@example.com"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_service_that_crashes_is_restarted_with_backoff_and_reported(
+    project: Project, caplog: pytest.LogCaptureFixture
+) -> None:
+    from engine.scheduler import run
+
+    starts: list[float] = []
+
+    async def flaky_mailbox(stop: asyncio.Event) -> None:
+        starts.append(time.monotonic())
+        if len(starts) < 3:
+            raise ConnectionResetError("the mailbox went away")
+        stop.set()  # the third start holds: end the test
+
+    engine = project.engine()
+    try:
+        asyncio.run(asyncio.wait_for(run(engine, interval=0.1, services=[flaky_mailbox]), 30))
+    finally:
+        engine.close()
+    assert len(starts) == 3
+    assert starts[1] - starts[0] >= 0.7 and starts[2] - starts[1] >= 1.5  # 1 s, then 2 s
+    crashes = [r.getMessage() for r in caplog.records if "service_crashed" in r.getMessage()]
+    assert len(crashes) == 2 and "service=flaky_mailbox" in crashes[0], crashes
+    assert "the mailbox went away" in crashes[0]
