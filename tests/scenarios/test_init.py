@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from rich.console import Console
 
 from engine.cli import main
 from engine.program.settings import load_settings
+from tests.conftest import ROOT
 from tests.support.smtp_server import SmtpSink
 
 ROW = "ana@example.com,Ana,Lima,Lima Co,UTC,10,2026-01-01,2025-01-01,,en,customer"
@@ -66,26 +69,33 @@ def test_init_overwrites_nothing_and_says_what_is_there(tmp_path: Path) -> None:
     assert not (tmp_path / "sequences").exists()
 
 
+def validate_process(settings: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engine", "--settings", str(settings), "validate"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_a_settings_file_readable_by_others_with_a_secret_is_warned_about(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
 ) -> None:
     cli("init", str(tmp_path))
     settings = tmp_path / "settings.toml"
-    common = ["--settings", str(settings)]
-    assert cli(*common, "validate")[0] == 0
-    assert "readable_by_others" not in caplog.text
+    done = validate_process(settings)
+    assert done.returncode == 0 and "readable_by_others" not in done.stderr
     settings.chmod(0o644)
-    code, out = cli(*common, "validate")
-    assert code == 0 and "readable_by_others" not in out  # on stderr, not in the output
-    assert "tracking.secret" in caplog.text and "chmod 600" in caplog.text
+    done = validate_process(settings)
+    assert done.returncode == 0 and "readable_by_others" not in done.stdout  # on stderr
+    assert "tracking.secret" in done.stderr and "chmod 600" in done.stderr, done.stderr
     # The shipped placeholder is no secret: no warning for it.
-    caplog.clear()
     text = settings.read_text()
     start = text.index('secret = "', text.index("[tracking]"))
     end = text.index("\n", start)
     settings.write_text(text[:start] + 'secret = "change-me"' + text[end:])
-    cli(*common, "validate")
-    assert "readable_by_others" not in caplog.text
+    assert "readable_by_others" not in validate_process(settings).stderr
 
 
 def test_commands_refuse_a_folder_without_settings(
