@@ -16,7 +16,8 @@ from rich.console import Console
 
 from engine.base.clock import Clock, FixedClock, SystemClock, parse_instant
 from engine.base.errors import EngineError, SettingsError
-from engine.program.settings import load_settings
+from engine.cli.init import readable_secrets_warning
+from engine.program.settings import DEFAULT_PATH, load_settings
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 
@@ -154,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="which table --format csv prints (default steps)",
     )
 
+    it = sub.add_parser(
+        "init", parents=[common], help="create a project folder for a first real program"
+    )
+    it.add_argument("dir", nargs="?", type=Path, default=Path("."), help="default: here")
+
     d = sub.add_parser("demo", parents=[common], help="the whole thing on sample data, embedded")
     d.add_argument("--dir", type=Path, default=Path("demo-out"), help="where the demo writes")
     d.add_argument("--weeks", type=int, default=10, help="simulated weeks to play")
@@ -174,6 +180,12 @@ def make_clock(args: argparse.Namespace) -> Clock:
         return FixedClock(parse_instant(text))
     except ValueError:
         raise SettingsError("--now", f"{text!r} is not an ISO-8601 date/time") from None
+
+
+def settings_file(args: argparse.Namespace) -> Path:
+    """The settings file this command reads (--settings, $ENGINE_SETTINGS, ./settings.toml)."""
+    given = getattr(args, "settings", None) or os.environ.get("ENGINE_SETTINGS")
+    return Path(given or DEFAULT_PATH)
 
 
 def entry() -> int:
@@ -213,6 +225,15 @@ def main(
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug or an unforeseen failure: one line, exit 2 (-vv: traceback)
+        logging.getLogger("engine").debug("unexpected_error", exc_info=True)
+        first = (str(exc).splitlines() or [""])[0]
+        err.print(
+            f"error: unexpected {type(exc).__name__}: {first} (run with -vv for the traceback)",
+            markup=False,
+            highlight=False,
+        )
+        return EXIT_ERROR
 
 
 def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool) -> int:
@@ -225,7 +246,14 @@ def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool) -> 
         from engine.demo.run import run_demo
 
         return run_demo(args.dir, weeks=args.weeks, speed=args.speed, console=console)
-    settings = load_settings(getattr(args, "settings", None))
+    if args.command == "init":
+        from engine.cli.init import init_project
+
+        return init_project(args.dir, console)
+    settings = load_settings(getattr(args, "settings", None), missing_ok=False)
+    if warning := readable_secrets_warning(settings_file(args)):
+        # On stderr through the log, as ssh warns: never mixed into a command's output.
+        logging.getLogger("engine.settings").warning(warning)
     clock = make_clock(args)
     if args.command == "validate":
         return commands.validate(settings, args.paths, console)
