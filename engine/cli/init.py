@@ -3,6 +3,7 @@ that holds secrets is checked the way ssh checks a private key (readable by its 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import secrets
@@ -107,7 +108,7 @@ def secrets_in(raw: dict[str, Any]) -> list[str]:
         section = raw.get(name)
         if not isinstance(section, dict):
             continue
-        for key, meta in ((f.name, f.metadata) for f in cls.__dataclass_fields__.values()):
+        for key, meta in ((f.name, f.metadata) for f in dataclasses.fields(cls)):
             value = section.get(key)
             if not meta.get("secret") or not value or str(value) in PLACEHOLDER_SECRETS:
                 continue
