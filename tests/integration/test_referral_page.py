@@ -96,9 +96,11 @@ def test_changing_the_agent_buys_a_few_visits_not_a_thousand(
 
 
 def test_two_copies_of_the_app_count_a_visitor_once(program: Project) -> None:
-    with TrackingServer(program.settings, program.clock) as one:
-        with TrackingServer(program.settings, program.clock) as two:
-            ana = code_of(one, "ana@example.com")
-            get_page(one, ana, 2)
-            get_page(two, ana, 2)  # its own memory has never seen them: the database has
-            assert len(visits(one)) == 1
+    with (
+        TrackingServer(program.settings, program.clock) as one,
+        TrackingServer(program.settings, program.clock) as two,
+    ):
+        ana = code_of(one, "ana@example.com")
+        get_page(one, ana, 2)
+        get_page(two, ana, 2)  # its own memory has never seen them: the database has
+        assert len(visits(one)) == 1
