@@ -139,7 +139,9 @@ class SendBar:
             self.bar.stop()
 
 
-def import_contacts(engine: Engine, path: Path, console: Console) -> int:
+def import_contacts(engine: Engine, path: Path, console: Console, *, dry_run: bool = False) -> int:
+    """Upsert contacts from a CSV file (with ``dry_run``, report what would change, write
+    nothing); rejected rows are listed with the reason."""
     from engine.records.contacts import import_contacts as run_import
 
     if not path.is_file():
@@ -149,7 +151,11 @@ def import_contacts(engine: Engine, path: Path, console: Console) -> int:
     with _bar(console, "importing", disable=total < IMPORT_BAR_FROM) as bar:
         task = bar.add_task("import", total=total)
         report = run_import(
-            engine.db, path, engine.clock.now(), progress=lambda n: bar.advance(task, n)
+            engine.db,
+            path,
+            engine.clock.now(),
+            progress=lambda n: bar.advance(task, n),
+            dry_run=dry_run,
         )
     summary = (
         f"{report.created} created, {report.updated} updated, "
@@ -157,6 +163,10 @@ def import_contacts(engine: Engine, path: Path, console: Console) -> int:
     )
     if report.erased_before:
         summary += f" ({report.erased_before} erased before at their request: kept unsubscribed)"
+    if dry_run:
+        summary = f"dry run, nothing written: would be {summary}"
+    if report.custom_columns:
+        summary += f"; custom fields from columns: {', '.join(report.custom_columns)}"
     return _imported(console, path, summary, report.rejected)
 
 
@@ -167,6 +177,8 @@ def import_purchases(engine: Engine, path: Path, console: Console) -> int:
         f"{report.recorded} recorded ({report.referred} referred), "
         f"{report.repeated} already recorded, {len(report.rejected)} rejected"
     )
+    if report.ignored_columns:
+        summary += f"; columns ignored: {', '.join(report.ignored_columns)}"
     return _imported(console, path, summary, report.rejected)
 
 

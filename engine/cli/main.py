@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     csub = c.add_subparsers(dest="action", required=True, metavar="ACTION")
     ci = csub.add_parser("import", parents=[common], help="upsert contacts from a CSV file")
     ci.add_argument("file", type=Path)
+    ci.add_argument(
+        "--dry-run", action="store_true", help="report what would change, write nothing"
+    )
     ce = csub.add_parser(
         "erase", parents=[common], help="erase a person's personal data (GDPR), keep counts"
     )
@@ -265,7 +268,7 @@ def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool) -> 
             case "contacts" if args.action == "export":
                 return commands.export_contact(engine, args.email, args.out, console)
             case "contacts":
-                return commands.import_contacts(engine, args.file, console)
+                return commands.import_contacts(engine, args.file, console, dry_run=args.dry_run)
             case "purchases":
                 return commands.import_purchases(engine, args.file, console)
             case "tick":
