@@ -163,6 +163,8 @@ def test_one_form_with_two_people_is_one_thank_you_naming_both(shipped: Project)
         ]
         assert len(events_of(server, "referral.created")) == 2  # each referral still recorded
         assert thanks["To"].addresses[0].addr_spec == "ana@example.com"
+        text = thanks.get_body(("plain",)).get_content()  # the email itself names both
+        assert "Gus Green" in text and "Hana Hill" in text, text
 
 
 def test_a_flagged_introduction_gets_no_thank_you(shipped: Project) -> None:
