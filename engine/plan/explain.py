@@ -30,7 +30,8 @@ from engine.plan.interpreter import (
     play,
 )
 from engine.plan.planner import Planner
-from engine.plan.rules import answers, entry, happened
+from engine.plan.rules import answers, entry, happened, spacing_gap
+from engine.plan.spacing import Mailings, load_mailings
 from engine.program.audience import blocked, trigger_lapsed
 from engine.program.sequences import Sequence
 from engine.store.models import Contact, Enrollment, Message, Suppression
@@ -53,6 +54,7 @@ class _Facts:
     contact: Contact
     suppressed: bool
     asks: AskHistory
+    mailings: Mailings
 
     @classmethod
     def load(cls, ctx: PlanContext, session: Session, contact: Contact, now: datetime) -> _Facts:
@@ -60,6 +62,7 @@ class _Facts:
             contact,
             session.get(Suppression, contact.email) is not None,
             load_asks(session, ctx.ask_steps, {contact.id}, now),
+            load_mailings(session, {contact.id}, now, spacing_gap(ctx.settings)),
         )
 
     def rules(
@@ -79,6 +82,7 @@ class _Facts:
             asks=self.asks,
             run=run,
             engaged=partial(happened, session, messages),
+            mailings=self.mailings,
         )
 
 
@@ -107,6 +111,8 @@ def _fate(seq: Sequence, place: Place, base: datetime, now: datetime, rules: Ans
             return f"; then at step {outcome.step}: stopped: {outcome.reason}"
         if isinstance(outcome, Hold):
             return f"; then at step {outcome.step}: held: {outcome.reason}"
+        if isinstance(outcome, Wait) and outcome.reason:
+            return f"; then at step {outcome.place.mark}: {outcome.reason}"
         if not isinstance(outcome, Wait):
             break
     return ""
@@ -178,6 +184,8 @@ def _progress(
     when = f"{enrollment.next_at:%Y-%m-%d %H:%M} UTC" if enrollment.next_at else "after the send"
     state = "due" if enrollment.next_at and enrollment.next_at <= now else "in it"
     why = f"next: {nxt} at {when} (entered {enrollment.started_at:%Y-%m-%d})"
+    if enrollment.reason:  # a wait no wait step explains: spacing from another email
+        why += f"; {enrollment.reason}"
     if enrollment.next_at is not None:
         messages = run_messages(session, [enrollment.id]).get(enrollment.id, {})
         rules = facts.rules(ctx, session, seq, enrollment.id, messages)
@@ -276,7 +284,8 @@ def simulate(
             asks = AskHistory()
             if seq.id in ctx.asking_sequences:
                 asks = load_asks(session, ctx.ask_steps, {contact.id}, now)
-            rules = _Facts(contact, suppressed, asks).rules(
+            mailings = load_mailings(session, {contact.id}, now, spacing_gap(ctx.settings))
+            rules = _Facts(contact, suppressed, asks, mailings).rules(
                 ctx, session, seq, start.run, start.messages
             )
             entries.extend(timeline(ctx, seq, contact, start, horizon, rules))
