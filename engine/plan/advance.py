@@ -37,6 +37,7 @@ from engine.plan.rules import answers, happened, spacing_gap
 from engine.plan.runs import end_run
 from engine.plan.spacing import Mailed, load_mailings
 from engine.program.sequences import SendStep, Sequence
+from engine.records.outbox import sequence_gone
 from engine.store.db import insert_ignore, lock_rows
 from engine.store.models import Contact, Enrollment, Message, Suppression
 
@@ -97,11 +98,6 @@ def advance_due_enrollments(
             if isinstance(walk.outcome, Send) and walk.outcome.step.referral_ask:
                 asks.add(contact.id, enrollment.id, row["due_at"])
     stats.planned += insert_ignore(session, ctx.db, Message, planned)
-
-
-def sequence_gone(sequence_id: str) -> str:
-    """Why a run due for its next step is held: its file is missing or does not load."""
-    return f"sequence {sequence_id!r} is missing or invalid"
 
 
 def _due_runs(ctx: PlanContext, session: Session, now: datetime) -> list[Enrollment]:

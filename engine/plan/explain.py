@@ -34,6 +34,7 @@ from engine.plan.rules import answers, entry, happened, spacing_gap
 from engine.plan.spacing import Mailings, load_mailings
 from engine.program.audience import blocked, trigger_lapsed
 from engine.program.sequences import Sequence
+from engine.records.outbox import held_for_file
 from engine.store.models import Contact, Enrollment, Message, Suppression
 
 RUNNING = ("active", "held")
@@ -166,7 +167,10 @@ def _progress(
     now: datetime,
 ) -> tuple[str, str]:
     if enrollment.status == "held":
-        return "held", enrollment.reason or "held"
+        why = enrollment.reason or "held"
+        if held_for_file(enrollment.reason, seq.id):  # seq is loaded: its file is fixed
+            why += "; the file loads again: the next tick sends it or says why not"
+        return "held", why
     waiting = session.scalar(
         select(Message)
         .where(Message.enrollment_id == enrollment.id, Message.status.in_(PENDING))
