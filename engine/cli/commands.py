@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Mapping
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
@@ -18,6 +19,7 @@ from engine.base.errors import ImportRowError, SettingsError
 from engine.mail.mime import OutgoingEmail, build_message
 from engine.plan.explain import explain_contact
 from engine.plan.explain import simulate as simulate_timeline
+from engine.plan.forecast import forecast
 from engine.program.sequences import NotifyStep, SendStep, load_files, load_sequences
 from engine.program.settings import Settings, require_real_secret
 from engine.records.money import parse_amount
@@ -313,6 +315,39 @@ def simulate(engine: Engine, sequence: str, email: str | None, days: int, consol
         table.add_row(f"{e.at:%Y-%m-%d %H:%M}", e.contact, e.step, e.what)
     console.print(table)
     for note in notes:
+        console.print(f"  {note}", highlight=False, markup=False)
+    return EXIT_OK
+
+
+def simulate_all(
+    engine: Engine,
+    sequence: str | None,
+    email: str | None,
+    days: int,
+    everything: bool,
+    console: Console,
+) -> int:
+    """`simulate --all`: the whole program's emails per day and per sequence; writes nothing."""
+    if not everything or sequence is not None or email is not None:
+        raise LookupError("simulate needs a sequence (SEQUENCE [--contact EMAIL]) or --all alone")
+    ahead = forecast(engine.planner(), days)
+    names = ahead.sequences()
+    table = Table(title=f"simulate --all: next {days} days, emails per day (nothing is sent)")
+    table.add_column(f"day ({engine.settings.schedule.timezone})")
+    for name in names:
+        table.add_column(name, justify="right", overflow="fold")
+    table.add_column("total", justify="right")
+    first = ahead.start.astimezone(ZoneInfo(engine.settings.schedule.timezone)).date()
+    for offset in range(days + 1):
+        day = first + timedelta(days=offset)
+        counts = [ahead.emails[(day, name)] for name in names]
+        table.add_row(f"{day:%a %Y-%m-%d}", *map(str, counts), str(sum(counts)))
+    totals = [sum(n for (_, seq), n in ahead.emails.items() if seq == name) for name in names]
+    table.add_row("total", *map(str, totals), str(sum(totals)))
+    console.print(table)
+    if ahead.held:
+        console.print(f"  {ahead.held} runs held (not counted):", highlight=False, markup=False)
+    for note in ahead.notes:
         console.print(f"  {note}", highlight=False, markup=False)
     return EXIT_OK
 

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--contact", required=True, metavar="EMAIL")
 
     s = sub.add_parser("simulate", parents=[common], help="dry run: what would be sent, when")
-    s.add_argument("sequence")
+    s.add_argument("sequence", nargs="?", help="one sequence's timeline (or --all)")
+    s.add_argument("--all", action="store_true", help="the whole program's emails per day")
     s.add_argument("--contact", metavar="EMAIL")
     s.add_argument("--days", type=int, default=60)
 
@@ -238,6 +239,10 @@ def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool) -> 
                 return asyncio.run(commands.serve(engine, console))
             case "explain":
                 return commands.explain(engine, args.contact, console)
+            case "simulate" if args.all or args.sequence is None:
+                return commands.simulate_all(
+                    engine, args.sequence, args.contact, args.days, args.all, console
+                )
             case "simulate":
                 return commands.simulate(engine, args.sequence, args.contact, args.days, console)
             case "preview":

@@ -49,7 +49,7 @@ class Explanation:
 
 
 @dataclass(frozen=True)
-class _Facts:
+class Facts:
     """What the rules read about one contact, loaded once for every sequence."""
 
     contact: Contact
@@ -58,7 +58,7 @@ class _Facts:
     mailings: Mailings
 
     @classmethod
-    def load(cls, ctx: PlanContext, session: Session, contact: Contact, now: datetime) -> _Facts:
+    def load(cls, ctx: PlanContext, session: Session, contact: Contact, now: datetime) -> Facts:
         return cls(
             contact,
             session.get(Suppression, contact.email) is not None,
@@ -125,7 +125,7 @@ def explain_contact(planner: Planner, email: str) -> list[Explanation]:
     now = ctx.clock.now()
     out: list[Explanation] = []
     with ctx.db.session() as session:
-        facts = _Facts.load(ctx, session, _find(session, email), now)
+        facts = Facts.load(ctx, session, _find(session, email), now)
         contact = facts.contact
         for seq in sorted(ctx.sequences.values(), key=lambda s: s.id):
             runs = _runs(session, contact, seq)
@@ -161,7 +161,7 @@ def explain_contact(planner: Planner, email: str) -> list[Explanation]:
 def _progress(
     ctx: PlanContext,
     session: Session,
-    facts: _Facts,
+    facts: Facts,
     seq: Sequence,
     enrollment: Enrollment,
     now: datetime,
@@ -275,7 +275,7 @@ def simulate(
             contacts = [_find(session, email)]
         else:
             contacts = list(session.scalars(select(Contact).order_by(Contact.id)))
-        sim = _Simulation(session, seq, now, horizon, one=bool(email), limit=limit)
+        sim = Simulation(session, seq, now, horizon, one=bool(email), limit=limit)
         shown = 0
         for contact in contacts:
             suppressed = session.get(Suppression, contact.email) is not None
@@ -289,7 +289,7 @@ def simulate(
             if seq.id in ctx.asking_sequences:
                 asks = load_asks(session, ctx.ask_steps, {contact.id}, now)
             mailings = load_mailings(session, {contact.id}, now, spacing_gap(ctx.settings))
-            rules = _Facts(contact, suppressed, asks, mailings).rules(
+            rules = Facts(contact, suppressed, asks, mailings).rules(
                 ctx, session, seq, start.run, start.messages
             )
             entries.extend(timeline(ctx, seq, contact, start, horizon, rules))
@@ -299,7 +299,7 @@ def simulate(
 
 
 @dataclass
-class _Simulation:
+class Simulation:
     """Where each contact's simulated run begins, with notes for people on the others."""
 
     session: Session
@@ -309,11 +309,16 @@ class _Simulation:
     one: bool  # a single contact was asked for: say more about it
     limit: int  # notes on contacts that do not enter, when listing them all
     notes: list[str] = field(default_factory=list)
+    # Runs by contact and sequence, read once for many contacts; None: read per contact.
+    history: Mapping[tuple[int, str], list[Enrollment]] | None = None
 
     def start(self, contact: Contact, suppressed: bool) -> _Start | None:
         """Where ``contact``'s run begins, or None (with a note why) when not in time."""
         seq, now = self.seq, self.now
-        runs = _runs(self.session, contact, seq)
+        if self.history is None:
+            runs = _runs(self.session, contact, seq)
+        else:
+            runs = self.history.get((contact.id, seq.id), [])
         if runs and runs[-1].status in RUNNING:
             return self._resume(contact, runs[-1])
         if seq.trigger is not None:

@@ -172,10 +172,20 @@ def play(
     for _ in range(rounds(seq)):
         walk = interpret(seq, place, base, now, answers)
         yield now, walk
-        match walk.outcome:
-            case Wait(until, place, _):
-                base = now = until
-            case Send(_, at, place):
-                base = now = max(at, now)  # a late email goes out at once
-            case _:
-                return
+        if (after := following(walk.outcome, now)) is None:
+            return
+        place, now = after
+        base = now
+
+
+def following(outcome: Outcome, now: datetime) -> tuple[Place, datetime] | None:
+    """Where and when the next walk of a run starts after ``outcome`` (walked at ``now``): after
+    a wait, when it ends; after a send, when the email goes out (at once if late); None once
+    the run ends. The time is also the next walk's base: the previous step finished then."""
+    match outcome:
+        case Wait(until, place, _):
+            return place, until
+        case Send(_, at, place):
+            return place, max(at, now)
+        case _:
+            return None

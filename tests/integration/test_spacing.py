@@ -4,10 +4,14 @@ survey and the referral ask; the survey (higher priority) goes first, the ask wa
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 
+from sqlalchemy import select
+
 from engine.plan.explain import explain_contact
+from engine.store.models import Message
 from tests.conftest import Project
 from tests.support.scenario import ASK, THANKS, contacts, sent_to, setup
 
@@ -102,3 +106,56 @@ def test_spacing_off_sends_both_at_once(make_project: Callable[..., Project]) ->
     contacts(project, ANA)
     project.cli("tick")
     assert len(project.sink.messages) == 2
+
+
+MIX = [
+    ANA,  # stale promoter: survey, then the ask a day later
+    BEA,
+    "cy@example.com,Cy,Ng,Ng Co,UTC,10,2026-02-10,2025-01-01,,en,customer",  # fresh promoter
+    "di@example.com,Di,Ro,Ro Co,UTC,8,2025-05-01,2025-01-01,,en,customer",  # stale passive
+    "ed@example.com,Ed,Su,Su Co,UTC,,,2025-01-01,,en,customer",  # never surveyed
+    "fa@example.com,Fa,Li,Li Co,UTC,,,2025-01-01,,en,partner",  # a partner
+]
+
+
+def test_simulate_all_foretells_what_the_ticks_then_send_per_day_and_sequence(
+    make_project: Callable[..., Project],
+) -> None:
+    project = make_project()
+    contacts(project, *MIX)
+    code, out = project.cli("simulate", "--all", "--days", "4")
+    assert code == 0, out
+    engine = project.engine()
+    with engine.db.session() as session:
+        assert session.scalars(select(Message)).all() == []  # nothing written
+    engine.close()
+    rows = {
+        line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
+        for line in out.splitlines()
+        if line.startswith("│")
+    }
+    (head,) = [line for line in out.splitlines() if line.startswith("┃")]
+    header = [cell.strip() for cell in head.split("┃")[2:-1]]
+    assert header == ["nps-survey", "partner-intro-reverse", "referral-ask", "total"], out
+    foretold = {
+        (day.split()[1], seq): int(n)
+        for day, cells in rows.items()
+        if day != "total"
+        for seq, n in zip(header[:-1], cells[:-1], strict=True)
+        if n != "0"
+    }
+    assert foretold[("2026-03-03", "referral-ask")] == 2  # the stale promoters, a day later
+
+    end = project.clock.now() + timedelta(days=4)
+    while project.clock.now() <= end:  # a tick every two hours, as a cron line would
+        project.cli("tick")
+        project.clock.advance(timedelta(hours=2))
+    engine = project.engine()
+    with engine.db.session() as session:
+        sent = Counter(
+            (f"{m.sent_at:%Y-%m-%d}", m.sequence_id)
+            for m in session.scalars(select(Message).where(Message.status == "sent"))
+            if m.sent_at <= end
+        )
+    engine.close()
+    assert dict(sent) == foretold, out
