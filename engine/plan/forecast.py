@@ -31,7 +31,7 @@ from engine.plan.spacing import Mailed, Mailings, load_mailings
 from engine.program.sequences import Sequence
 from engine.store.models import Contact, Enrollment, Suppression
 
-NOTES = 20  # notes on held runs shown at most
+NOTES = 20  # notes on held runs, at most
 
 
 @dataclass
@@ -40,13 +40,23 @@ class Forecast:
 
     start: datetime
     days: int
+    zone: str  # whose days: settings [schedule] timezone
     emails: Counter[tuple[date, str]] = field(default_factory=Counter)
-    notes: list[str] = field(default_factory=list)
-    held: int = 0
+    notes: list[str] = field(default_factory=list)  # runs held, which are not counted
 
-    def sequences(self) -> list[str]:
-        """The sequences with at least one email, by id."""
-        return sorted({seq for _, seq in self.emails})
+    def table(self) -> tuple[list[str], list[list[str]]]:
+        """The header (day, each sequence with an email, total) and a row per day from today
+        to the last, then the totals."""
+        names = sorted({seq for _, seq in self.emails})
+        first = self.start.astimezone(ZoneInfo(self.zone)).date()
+        rows: list[list[str]] = []
+        for offset in range(self.days + 1):
+            day = first + timedelta(days=offset)
+            counts = [self.emails[(day, name)] for name in names]
+            rows.append([f"{day:%a %Y-%m-%d}", *map(str, counts), str(sum(counts))])
+        totals = [sum(n for (_, seq), n in self.emails.items() if seq == name) for name in names]
+        rows.append(["total", *map(str, totals), str(sum(totals))])
+        return [f"day ({self.zone})", *names, "total"], rows
 
 
 @dataclass
@@ -66,7 +76,7 @@ def forecast(planner: Planner, days: int) -> Forecast:
     """What every sequence would send over ``days`` from now, writing nothing."""
     ctx = planner.context
     now = ctx.clock.now()
-    result = Forecast(now, days)
+    result = Forecast(now, days, ctx.settings.schedule.timezone)
     horizon = now + timedelta(days=days)
     zone = ZoneInfo(ctx.settings.schedule.timezone)
     ordered = sorted(ctx.sequences.values(), key=lambda s: (-s.priority, s.id))
@@ -143,10 +153,8 @@ class _Chunk:
                     continue  # started by an event that has not happened
                 start = sim.start(contact, facts.suppressed)
                 if start is None:
-                    if past and past[-1].status == "held":
-                        result.held += 1
-                        if len(result.notes) < NOTES:
-                            result.notes.append(f"{sim.seq.id}: {sim.notes[-1]}")
+                    if past and past[-1].status == "held" and len(result.notes) < NOTES:
+                        result.notes.append(f"{sim.seq.id}: {sim.notes[-1]} (not counted)")
                     continue
                 for queued in start.planned:  # already in the outbox
                     if queued.at <= horizon:
