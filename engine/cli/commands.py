@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
-from rich.table import Table
+from rich.table import Column, Table
 from sqlalchemy import select
 
 from engine.base.clock import Clock
@@ -18,6 +18,7 @@ from engine.base.errors import ImportRowError, SettingsError
 from engine.mail.mime import OutgoingEmail, build_message
 from engine.plan.explain import explain_contact
 from engine.plan.explain import simulate as simulate_timeline
+from engine.plan.forecast import forecast
 from engine.program.sequences import NotifyStep, SendStep, Sequence, load_files, load_sequences
 from engine.program.settings import Settings, require_real_secret
 from engine.records.health import health, lines, notify_warnings, record_tick
@@ -366,6 +367,21 @@ def simulate(engine: Engine, sequence: str, email: str | None, days: int, consol
         table.add_row(f"{e.at:%Y-%m-%d %H:%M}", e.contact, e.step, e.what)
     console.print(table)
     for note in notes:
+        console.print(f"  {note}", highlight=False, markup=False)
+    return EXIT_OK
+
+
+def simulate_all(engine: Engine, email: str | None, days: int, console: Console) -> int:
+    """`simulate --all`: the whole program's emails per day and per sequence; writes nothing."""
+    if email is not None:
+        raise LookupError("simulate --all counts every contact: leave out --contact")
+    header, rows = (ahead := forecast(engine.planner(), days)).table()
+    title = f"simulate --all: next {days} days, emails per day (nothing is sent)"
+    table = Table(header[0], *(Column(name, justify="right") for name in header[1:]), title=title)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    for note in ahead.notes:
         console.print(f"  {note}", highlight=False, markup=False)
     return EXIT_OK
 

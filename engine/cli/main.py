@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--contact", required=True, metavar="EMAIL")
 
     s = sub.add_parser("simulate", parents=[common], help="dry run: what would be sent, when")
-    s.add_argument("sequence")
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("sequence", nargs="?", help="one sequence's timeline")
+    which.add_argument("--all", action="store_true", help="the whole program's emails per day")
     s.add_argument("--contact", metavar="EMAIL")
     s.add_argument("--days", type=int, default=60)
 
@@ -279,6 +281,8 @@ def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool) -> 
                 return asyncio.run(commands.serve(engine, console))
             case "explain":
                 return commands.explain(engine, args.contact, console)
+            case "simulate" if args.all:
+                return commands.simulate_all(engine, args.contact, args.days, console)
             case "simulate":
                 return commands.simulate(engine, args.sequence, args.contact, args.days, console)
             case "preview":

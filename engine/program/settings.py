@@ -160,6 +160,9 @@ class ProgramSettings:
     # Days between two asks, doubled for each of the contact's latest asks they ignored
     # (no human click, no reply): persistent, never excessive.
     ask_spacing_days: float = 30.0
+    # At most one email from the program's sequences per contact within this many hours
+    # (sequences with spaced: false, notes to the team and rewards are exempt); 0: off.
+    min_hours_between_emails: float = 24.0
     # The thank-you gift per converted referral, for each side: credit | code | none.
     referrer_reward: str = "credit"
     referrer_credit: float = 20.0
@@ -498,6 +501,8 @@ def _validate_program(s: Settings) -> None:
         raise SettingsError("program.max_asks_per_year", "must not be negative")
     if s.program.ask_spacing_days < 0:
         raise SettingsError("program.ask_spacing_days", "must not be negative")
+    if not 0 <= s.program.min_hours_between_emails < float("inf"):
+        raise SettingsError("program.min_hours_between_emails", "must be a number, 0 or more")
     if not 0 <= s.program.acquisition_spend < float("inf"):
         raise SettingsError("program.acquisition_spend", "must be a number, 0 or more")
     for side in ("referrer", "friend"):
