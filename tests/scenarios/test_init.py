@@ -56,7 +56,9 @@ def test_init_makes_a_project_that_validates_and_sends(tmp_path: Path, smtp_sink
         code, out = cli(*common, "tick")
     finally:
         del os.environ["ENGINE_SMTP_PORT"]
-    assert code == 0 and "warning" not in out, out
+    # The only warnings: the [notify] roles the shipped sequences use, left for the user to fill.
+    warnings = [line for line in out.splitlines() if "warning" in line]
+    assert code == 0 and all("[notify]" in line for line in warnings), out
     assert len(smtp_sink.messages) == 1
     assert (folder / "var" / "engine.db").is_file()
 
