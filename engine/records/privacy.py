@@ -101,6 +101,18 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _person(contact: Contact) -> dict[str, Any]:
+    return {
+        "email": contact.email,
+        **contact.template_context(),
+        "nps_at": _iso(contact.nps_at),
+        "customer_since": _iso(contact.customer_since),
+        "last_complaint_at": _iso(contact.last_complaint_at),
+        "unsubscribed_at": _iso(contact.unsubscribed_at),
+        "created_at": _iso(contact.created_at),
+    }
+
+
 def export_contact(db: Database, email: str) -> dict[str, Any]:
     """Everything the store holds about ``email``, as JSON-ready data."""
     with db.session() as session:
@@ -110,15 +122,7 @@ def export_contact(db: Database, email: str) -> dict[str, Any]:
             select(Message).where(Message.contact_id == contact.id).order_by(Message.id)
         ).all()
         return {
-            "contact": {
-                "email": address,
-                **contact.template_context(),
-                "nps_at": _iso(contact.nps_at),
-                "customer_since": _iso(contact.customer_since),
-                "last_complaint_at": _iso(contact.last_complaint_at),
-                "unsubscribed_at": _iso(contact.unsubscribed_at),
-                "created_at": _iso(contact.created_at),
-            },
+            "contact": _person(contact),
             "suppressed": [
                 {"reason": s.reason, "since": _iso(s.created_at)}
                 for s in session.scalars(select(Suppression).where(Suppression.email == address))
