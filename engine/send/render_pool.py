@@ -8,10 +8,10 @@ under limits the kernel enforces:
 - memory: ``RLIMIT_AS`` (``schedule.render_memory_mb``) set once when the worker starts: an
   allocation over it is a MemoryError in the worker, never in the engine;
 - CPU: ``RLIMIT_CPU`` set before each render to the CPU time used so far plus the render
-  timeout (whole seconds, rounded up): past it the kernel ends the worker with SIGXCPU, even
-  inside a single C call;
-- wall clock: the engine waits at most the render timeout plus a second for the answer, then
-  kills the worker.
+  timeout (rounded up to a whole second): past it the kernel ends the worker with SIGXCPU,
+  even inside a single C call;
+- wall clock: the engine waits at most twice the render timeout plus a second for the answer
+  (a backstop for a worker that makes no progress), then kills the worker.
 
 A worker that was stopped is replaced on the next render (forked from a forkserver that has
 the renderer's modules loaded: milliseconds, not an interpreter start). Each worker builds
@@ -38,8 +38,13 @@ from engine.mail.tokens import Links, Signer
 from engine.program.settings import SenderSettings
 from engine.send.render import Rendered, Renderer
 
-# Beyond the render timeout, what the answer may take to come back (pickling, the pipe).
-WALL_MARGIN_SECONDS = 1.0
+# The wall-clock backstop, in render timeouts (plus a second): CPU time is what stops a busy
+# template; the wall clock stops one that makes no progress, never a render that is merely
+# slow on a loaded machine (a template's first render in a worker also compiles it).
+WALL_TIMEOUTS = 2
+# How long a new worker may take to be ready (imports, building its renderer): not the
+# template's time.
+START_SECONDS = 30.0
 # How long a stopped worker is given to be reaped, for its exit status.
 _REAP_SECONDS = 1.0
 _MIB = 1024 * 1024
@@ -84,18 +89,18 @@ def _serve(conn: Connection, spec: RendererSpec, memory_mb: int) -> None:
     """A worker: one renderer, one render at a time, until the engine closes the pipe."""
     limit = memory_mb * _MIB
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    cpu_budget = math.ceil(spec.render_timeout)
     renderer = spec.build()
+    conn.send(None)  # ready
     while True:
         try:
             job: _Job = conn.recv()
         except EOFError:
             return
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        used = math.ceil(usage.ru_utime + usage.ru_stime)
+        cpu_limit = math.ceil(usage.ru_utime + usage.ru_stime + spec.render_timeout)
         # The soft limit only (an unprivileged process cannot raise a lowered hard one back):
         # SIGXCPU's default action ends the worker, whatever it is doing.
-        resource.setrlimit(resource.RLIMIT_CPU, (used + cpu_budget, resource.RLIM_INFINITY))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_limit, resource.RLIM_INFINITY))
         try:
             rendered = renderer.render(
                 job.template, job.subject, job.context, locale=job.locale, ref=job.ref
@@ -142,7 +147,7 @@ class RenderPool:
         """What ``Renderer.render`` makes, made in the worker; TemplateError as it raises,
         RenderTimeout naming the limit when the worker had to be stopped."""
         job = _Job(template, subject, dict(context), locale, ref)
-        wait = self._spec.render_timeout + WALL_MARGIN_SECONDS
+        wait = self._spec.render_timeout * WALL_TIMEOUTS + 1
         with self._lock:
             worker = self._worker or self._start()
             worker.conn.send(job)
@@ -175,8 +180,19 @@ class RenderPool:
         )
         process.start()
         theirs.close()
-        self._worker = _Worker(process, ours)
-        return self._worker
+        worker = _Worker(process, ours)
+        try:
+            ready = ours.poll(START_SECONDS) and ours.recv() is None
+        except EOFError:
+            ready = False
+        if not ready:
+            self._stop(worker)
+            raise TemplateError(
+                f"the render process did not start (exit {process.exitcode}; memory limit"
+                f" {self._memory_mb} MB)"
+            )
+        self._worker = worker
+        return worker
 
     def _stop(self, worker: _Worker) -> None:
         worker.process.kill()
