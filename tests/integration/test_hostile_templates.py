@@ -49,6 +49,9 @@ HOSTILE = {
 }
 LIMIT_SECONDS = 5.0
 LIMIT_MB = 256
+# The render timeout's wall-clock backstop (engine.send.render_pool): 2 x 2 s + 1 s.
+WALL_SECONDS = 5.0
+PROBE_SECONDS = 10.0
 
 
 def _rss_mb() -> float:
@@ -172,7 +175,7 @@ def _free_port() -> int:
 def _healthz(port: int, answers: list[tuple[float, int]], done: threading.Event) -> None:
     """Ask /healthz every 50 ms until ``done``; (seconds, status) of each answer (0: none
     within the limit)."""
-    with httpx.Client(timeout=LIMIT_SECONDS) as client:
+    with httpx.Client(timeout=PROBE_SECONDS) as client:
         while not done.is_set():
             started = time.monotonic()
             try:
@@ -229,6 +232,6 @@ def test_the_tracking_app_answers_while_run_renders_a_hostile_template(
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert len(answers) > 5 and all(status == 200 for _, status in answers), answers
-    # Today the scheduler's loop waits for the render process (at most the render timeout and
-    # a second): the app answers throughout, late by at most that.
-    assert max(seconds for seconds, _ in answers) < LIMIT_SECONDS, answers
+    # The scheduler's loop waits for the render process (engine.send.sender renders between
+    # two awaits): the app answers throughout, late by at most the wall-clock backstop.
+    assert max(seconds for seconds, _ in answers) < WALL_SECONDS + 1.5, answers
