@@ -29,6 +29,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check engine tests bench
 	$(VENV)/bin/ruff format --check engine tests bench
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/.installed
 	$(PY) bench/render.py

@@ -14,10 +14,12 @@ import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from engine.base.retry import retry_delay
 from engine.mail.smtp import SmtpTransport, Transport
 from engine.outbound.webhooks import webhooks_forever, webhooks_pass
 from engine.plan.planner import PlanStats
 from engine.send.sender import SendProgress, SendStats
+from engine.store.db import OUTAGE_ERRORS, outage_reason
 from engine.wiring import Engine, Service
 
 log = logging.getLogger("engine.scheduler")
@@ -73,6 +75,9 @@ async def run(
 ) -> None:
     """Tick until SIGTERM/SIGINT (or ``stop``); in-flight sends finish, the rest is released.
 
+    A database outage does not end it: the ticks back off and resume when it answers again.
+    A service that crashes is restarted with backoff (``_supervised``).
+
     ``services`` (the tracking app, the IMAP poller: see ``standard_services``) run alongside
     the ticks and are handed the same stop event: each returns once it is set, after a clean
     shutdown of its own. Webhooks, when configured, are delivered by a service of their own
@@ -90,13 +95,31 @@ async def run(
     if engine.settings.webhooks.urls:
         services.append(functools.partial(webhooks_forever, engine.webhooks()))
     tasks = [asyncio.create_task(_supervised(service, stop)) for service in services]
+    outages = 0  # ticks in a row that found the database down
     try:
         while not stop.is_set():
-            result = await tick(engine, transport, stop, webhooks=False)
-            if on_tick:
-                on_tick(result)
+            try:
+                result = await tick(engine, transport, stop, webhooks=False)
+            except OUTAGE_ERRORS as exc:
+                # Down, restarting or locked: wait it out (leases of emails in flight expire
+                # and are claimed again), the tracking app keeps answering meanwhile.
+                outages += 1
+                pause = retry_delay(outages, OUTAGE_BASE_SECONDS, OUTAGE_MAX_SECONDS, jitter=0.2)
+                log.warning(
+                    "database_unavailable failures=%s retry_in=%.1fs reason=%s",
+                    outages,
+                    pause,
+                    outage_reason(exc),
+                )
+            else:
+                if outages:
+                    log.warning("database_back failures=%s", outages)
+                    outages = 0
+                if on_tick:
+                    on_tick(result)
+                pause = wait
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=wait)
+                await asyncio.wait_for(stop.wait(), timeout=pause)
     finally:
         stop.set()
         await asyncio.gather(*tasks)
@@ -105,9 +128,47 @@ async def run(
         log.info("scheduler_stopped")
 
 
+# A database outage: the first retry after 1 s, doubling up to a minute.
+OUTAGE_BASE_SECONDS = 1.0
+OUTAGE_MAX_SECONDS = 60.0
+# A service that crashed is started again after 1 s, doubling up to a minute; one that ran
+# this long before crashing starts again from 1 s.
+RESTART_BASE_SECONDS = 1.0
+RESTART_MAX_SECONDS = 60.0
+HEALTHY_SECONDS = 300.0
+
+
+def service_name(service: Service) -> str:
+    """A service's name for the log: its function's, never its arguments' repr."""
+    func = getattr(service, "func", service)  # functools.partial
+    return str(getattr(func, "__name__", type(func).__name__))
+
+
 async def _supervised(service: Service, stop: asyncio.Event) -> None:
-    """Run ``service``; its crash is logged and never takes the scheduler down."""
-    try:
-        await service(stop)
-    except Exception:
-        log.exception("service_crashed service=%s", getattr(service, "__name__", service))
+    """Run ``service`` until ``stop``; a crash (or a return before ``stop``) is reported in one
+    line and the service started again with backoff. It never takes the scheduler down."""
+    loop = asyncio.get_running_loop()
+    name = service_name(service)
+    crashes = 0
+    while not stop.is_set():
+        started = loop.time()
+        try:
+            await service(stop)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            log.debug("service_crash_traceback service=%s", name, exc_info=True)
+        else:
+            if stop.is_set():
+                return
+            error = "stopped by itself"
+        crashes = 1 if loop.time() - started > HEALTHY_SECONDS else crashes + 1
+        pause = retry_delay(crashes, RESTART_BASE_SECONDS, RESTART_MAX_SECONDS, jitter=0.2)
+        log.error(
+            "service_crashed service=%s crashes=%s restart_in=%.1fs error=%s",
+            name,
+            crashes,
+            pause,
+            error[:500],
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=pause)

@@ -169,9 +169,27 @@ def standard_services(engine: Engine) -> list[Service]:
     # Imported here, for `run` alone: Starlette, uvicorn and aioimaplib cost about 0.3 s at
     # the start of every other command (python -X importtime).
     from engine.inbound.replies.poller import poll_forever
-    from engine.inbound.tracking.app import serve_tracking
 
-    services: list[Service] = [functools.partial(serve_tracking, engine.tracking())]
+    services: list[Service] = [tracking_service(engine.tracking())]
     if engine.settings.imap.username:
         services.append(functools.partial(poll_forever, engine.replies()))
     return services
+
+
+def tracking_service(ctx: TrackingContext) -> Service:
+    """The tracking app as a service of `run`. Its address is taken now, so a busy port stops
+    `run` before it starts (TrackingError, one line); a restart after a crash binds again."""
+    from engine.inbound.tracking.app import TrackingError, bind, build_app, serve_app
+
+    host, port = ctx.tracking.listen_address
+    try:
+        first: socket.socket | None = bind(host, port)
+    except TrackingError as exc:
+        raise TrackingError(str(exc)) from None  # the OSError's text is in it already
+
+    async def tracking_app(stop: asyncio.Event) -> None:
+        nonlocal first
+        sock, first = first or bind(host, port), None
+        await serve_app(build_app(ctx), sock, stop)
+
+    return tracking_app

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
-from rich.table import Table
+from rich.table import Column, Table
 from sqlalchemy import select
 
 from engine.base.clock import Clock
@@ -18,9 +18,12 @@ from engine.base.errors import ImportRowError, SettingsError
 from engine.mail.mime import OutgoingEmail, build_message
 from engine.plan.explain import explain_contact
 from engine.plan.explain import simulate as simulate_timeline
-from engine.program.sequences import NotifyStep, SendStep, load_files, load_sequences
+from engine.plan.forecast import forecast
+from engine.program.sequences import NotifyStep, SendStep, Sequence, load_files, load_sequences
 from engine.program.settings import Settings, require_real_secret
+from engine.records.health import health, lines, notify_warnings, record_tick
 from engine.records.money import parse_amount
+from engine.records.pauses import PauseKind, lift, pauses_in_force
 from engine.records.privacy import PrivacyError
 from engine.records.privacy import erase_contact as erase_contact_data
 from engine.records.privacy import export_contact as export_contact_data
@@ -87,6 +90,7 @@ def validate(settings: Settings, paths: list[Path], console: Console) -> int:
                 problems += [str(p) for p in renderer.check(base)]
     for problem in problems:
         console.print(problem, highlight=False, markup=False)
+    _warn_notify(settings, sequences, console)
     if problems:
         console.print(f"{len(problems)} problem(s)", highlight=False)
         return EXIT_INVALID
@@ -136,7 +140,9 @@ class SendBar:
             self.bar.stop()
 
 
-def import_contacts(engine: Engine, path: Path, console: Console) -> int:
+def import_contacts(engine: Engine, path: Path, console: Console, *, dry_run: bool = False) -> int:
+    """Upsert contacts from a CSV file (with ``dry_run``, report what would change, write
+    nothing); rejected rows are listed with the reason."""
     from engine.records.contacts import import_contacts as run_import
 
     if not path.is_file():
@@ -146,7 +152,11 @@ def import_contacts(engine: Engine, path: Path, console: Console) -> int:
     with _bar(console, "importing", disable=total < IMPORT_BAR_FROM) as bar:
         task = bar.add_task("import", total=total)
         report = run_import(
-            engine.db, path, engine.clock.now(), progress=lambda n: bar.advance(task, n)
+            engine.db,
+            path,
+            engine.clock.now(),
+            progress=lambda n: bar.advance(task, n),
+            dry_run=dry_run,
         )
     summary = (
         f"{report.created} created, {report.updated} updated, "
@@ -154,6 +164,10 @@ def import_contacts(engine: Engine, path: Path, console: Console) -> int:
     )
     if report.erased_before:
         summary += f" ({report.erased_before} erased before at their request: kept unsubscribed)"
+    if dry_run:
+        summary = f"dry run, nothing written: would be {summary}"
+    if report.custom_columns:
+        summary += f"; custom fields from columns: {', '.join(report.custom_columns)}"
     return _imported(console, path, summary, report.rejected)
 
 
@@ -164,6 +178,8 @@ def import_purchases(engine: Engine, path: Path, console: Console) -> int:
         f"{report.recorded} recorded ({report.referred} referred), "
         f"{report.repeated} already recorded, {len(report.rejected)} rejected"
     )
+    if report.ignored_columns:
+        summary += f"; columns ignored: {', '.join(report.ignored_columns)}"
     return _imported(console, path, summary, report.rejected)
 
 
@@ -202,6 +218,25 @@ def export_contact(engine: Engine, email: str, out: Path | None, console: Consol
     return EXIT_OK
 
 
+def _say(console: Console, line: str) -> None:
+    console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def _warn_notify(settings: Settings, sequences: dict[str, Sequence], console: Console) -> None:
+    """A note a sequence promises but no one would get: one line per role without an address."""
+    for line in notify_warnings(settings, sequences):
+        _say(console, line)
+
+
+def _after_tick(engine: Engine, result: TickResult) -> list[str]:
+    """Record the tick (``status`` shows it); the pauses in force, one line each."""
+    now, s = engine.clock.now(), result.send
+    summary = {"sent": s.sent, "retrying": s.retried, "failed": s.failed, "held": s.render_failed}
+    record_tick(engine.db, now, summary)
+    with engine.db.session() as session:
+        return [p.describe() for p in pauses_in_force(session, now)]
+
+
 def print_tick(result: TickResult, console: Console, now: str) -> None:
     p, s = result.plan, result.send
     console.print(
@@ -216,25 +251,44 @@ def print_tick(result: TickResult, console: Console, now: str) -> None:
     )
     for error in s.errors:
         console.print(f"  {error}", highlight=False, markup=False)
+    for reason in s.top_reasons():
+        _say(console, f"  {reason}")
 
 
 async def tick(engine: Engine, console: Console) -> int:
     require_real_secret(engine.settings)
+    _warn_notify(engine.settings, engine.sequences, console)
     bar = SendBar(console)
     try:
         result = await one_tick(engine, progress=bar)
     finally:
         bar.close()
     print_tick(result, console, f"{engine.clock.now():%Y-%m-%d %H:%M} UTC")
+    for pause in _after_tick(engine, result):
+        _say(console, f"  sending paused: {pause}")
     return EXIT_OK
 
 
 async def run(engine: Engine, console: Console, interval: float | None) -> int:
     require_real_secret(engine.settings)
+    _warn_notify(engine.settings, engine.sequences, console)
+    failing: list[str] = []  # why sending fails, while it does
 
     def report(result: TickResult) -> None:
+        at = f"{engine.clock.now():%Y-%m-%d %H:%M:%S} UTC"
         if result.send.sent or result.plan.enrolled or result.send.errors:
-            print_tick(result, console, f"{engine.clock.now():%Y-%m-%d %H:%M:%S} UTC")
+            print_tick(result, console, at)
+        # One line when sending starts failing (a pause, or every attempt refused), one when
+        # an email goes out again: nothing in between, however long it lasts.
+        pauses, s = _after_tick(engine, result), result.send
+        refused = s.retried and not s.sent
+        reason = pauses[0] if pauses else s.retry_reasons.most_common(1)[0][0] if refused else ""
+        if reason and not failing:
+            failing.append(reason)
+            _say(console, f"{at}: sending is failing: {reason}")
+        elif failing and not reason and s.sent:
+            failing.clear()
+            _say(console, f"{at}: sending works again ({s.sent} sent)")
 
     services = standard_services(engine)
     tracking = engine.settings.tracking
@@ -313,6 +367,21 @@ def simulate(engine: Engine, sequence: str, email: str | None, days: int, consol
         table.add_row(f"{e.at:%Y-%m-%d %H:%M}", e.contact, e.step, e.what)
     console.print(table)
     for note in notes:
+        console.print(f"  {note}", highlight=False, markup=False)
+    return EXIT_OK
+
+
+def simulate_all(engine: Engine, email: str | None, days: int, console: Console) -> int:
+    """`simulate --all`: the whole program's emails per day and per sequence; writes nothing."""
+    if email is not None:
+        raise LookupError("simulate --all counts every contact: leave out --contact")
+    header, rows = (ahead := forecast(engine.planner(), days)).table()
+    title = f"simulate --all: next {days} days, emails per day (nothing is sent)"
+    table = Table(header[0], *(Column(name, justify="right") for name in header[1:]), title=title)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    for note in ahead.notes:
         console.print(f"  {note}", highlight=False, markup=False)
     return EXIT_OK
 
@@ -482,6 +551,29 @@ def webhooks_replay(
     for problem in result.problems:
         console.print(f"  {problem}", highlight=False, markup=False)
     return EXIT_INVALID if result.problems else EXIT_OK
+
+
+def sending_resume(engine: Engine, kind: str | None, console: Console) -> int:
+    """Lift every pause of sending in force (or those of ``kind``), say which, record it."""
+    if kind is not None and kind not in set(PauseKind):
+        raise SettingsError("--kind", f"{kind!r} is not one of {', '.join(PauseKind)}")
+    with engine.db.write() as session:
+        lifted = lift(session, engine.clock.now(), kind)
+    for pause in lifted:
+        _say(console, f"lifted: {pause.describe()}")
+    _say(console, f"{len(lifted)} pause(s) lifted; sending resumes on the next tick")
+    return EXIT_OK
+
+
+def status(engine: Engine, console: Console) -> int:
+    """Health at a glance; exit 1 when a pause or failures need a person (README "status")."""
+    now = engine.clock.now()
+    report = health(engine.db, engine.settings, now)
+    for line in lines(report, now):
+        _say(console, line)
+    attention = report.needs_attention
+    _say(console, "needs attention: " + "; ".join(attention) if attention else "healthy")
+    return EXIT_INVALID if attention else EXIT_OK
 
 
 def report(

@@ -16,7 +16,8 @@ from rich.console import Console
 
 from engine.base.clock import Clock, FixedClock, SystemClock, parse_instant
 from engine.base.errors import EngineError, SettingsError
-from engine.program.settings import load_settings
+from engine.cli.init import readable_secrets_warning
+from engine.program.settings import DEFAULT_PATH, load_settings
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
 
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     csub = c.add_subparsers(dest="action", required=True, metavar="ACTION")
     ci = csub.add_parser("import", parents=[common], help="upsert contacts from a CSV file")
     ci.add_argument("file", type=Path)
+    ci.add_argument(
+        "--dry-run", action="store_true", help="report what would change, write nothing"
+    )
     ce = csub.add_parser(
         "erase", parents=[common], help="erase a person's personal data (GDPR), keep counts"
     )
@@ -77,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--contact", required=True, metavar="EMAIL")
 
     s = sub.add_parser("simulate", parents=[common], help="dry run: what would be sent, when")
-    s.add_argument("sequence")
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("sequence", nargs="?", help="one sequence's timeline")
+    which.add_argument("--all", action="store_true", help="the whole program's emails per day")
     s.add_argument("--contact", metavar="EMAIL")
     s.add_argument("--days", type=int, default=60)
 
@@ -109,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
         "retry", parents=[common], help="requeue emails held by a template error, once it is fixed"
     )
     orr.add_argument("--sequence", help="only this sequence")
+
+    sd = sub.add_parser("sending", parents=[common], help="sending as a whole: lift its pauses")
+    sdsub = sd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sr = sdsub.add_parser(
+        "resume", parents=[common], help="lift every pause of sending in force (or one --kind)"
+    )
+    sr.add_argument("--kind", help="only pauses of this kind (as `status` shows it)")
+    sub.add_parser(
+        "status", parents=[common], help="health at a glance; exit 1 when something needs a person"
+    )
 
     rq = sub.add_parser("replies", parents=[common], help="the reply mailbox (IMAP)")
     rqsub = rq.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -144,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="which table --format csv prints (default steps)",
     )
 
+    it = sub.add_parser(
+        "init", parents=[common], help="create a project folder for a first real program"
+    )
+    it.add_argument("dir", nargs="?", type=Path, default=Path("."), help="default: here")
+
     d = sub.add_parser("demo", parents=[common], help="the whole thing on sample data, embedded")
     d.add_argument("--dir", type=Path, default=Path("demo-out"), help="where the demo writes")
     d.add_argument("--weeks", type=int, default=10, help="simulated weeks to play")
@@ -164,6 +185,12 @@ def make_clock(args: argparse.Namespace) -> Clock:
         return FixedClock(parse_instant(text))
     except ValueError:
         raise SettingsError("--now", f"{text!r} is not an ISO-8601 date/time") from None
+
+
+def settings_file(args: argparse.Namespace) -> Path:
+    """The settings file this command reads (--settings, $ENGINE_SETTINGS, ./settings.toml)."""
+    given = getattr(args, "settings", None) or os.environ.get("ENGINE_SETTINGS")
+    return Path(given or DEFAULT_PATH)
 
 
 def entry() -> int:
@@ -203,6 +230,15 @@ def main(
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug or an unforeseen failure: one line, exit 2 (-vv: traceback)
+        logging.getLogger("engine").debug("unexpected_error", exc_info=True)
+        first = (str(exc).splitlines() or [""])[0]
+        err.print(
+            f"error: unexpected {type(exc).__name__}: {first} (run with -vv for the traceback)",
+            markup=False,
+            highlight=False,
+        )
+        return EXIT_ERROR
 
 
 def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool) -> int:
@@ -215,7 +251,14 @@ def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool) -> 
         from engine.demo.run import run_demo
 
         return run_demo(args.dir, weeks=args.weeks, speed=args.speed, console=console)
-    settings = load_settings(getattr(args, "settings", None))
+    if args.command == "init":
+        from engine.cli.init import init_project
+
+        return init_project(args.dir, console)
+    settings = load_settings(getattr(args, "settings", None), missing_ok=False)
+    if warning := readable_secrets_warning(settings_file(args)):
+        # On stderr through the log, as ssh warns: never mixed into a command's output.
+        logging.getLogger("engine.settings").warning(warning)
     clock = make_clock(args)
     if args.command == "validate":
         return commands.validate(settings, args.paths, console)
@@ -227,7 +270,7 @@ def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool) -> 
             case "contacts" if args.action == "export":
                 return commands.export_contact(engine, args.email, args.out, console)
             case "contacts":
-                return commands.import_contacts(engine, args.file, console)
+                return commands.import_contacts(engine, args.file, console, dry_run=args.dry_run)
             case "purchases":
                 return commands.import_purchases(engine, args.file, console)
             case "tick":
@@ -238,6 +281,8 @@ def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool) -> 
                 return asyncio.run(commands.serve(engine, console))
             case "explain":
                 return commands.explain(engine, args.contact, console)
+            case "simulate" if args.all:
+                return commands.simulate_all(engine, args.contact, args.days, console)
             case "simulate":
                 return commands.simulate(engine, args.sequence, args.contact, args.days, console)
             case "preview":
@@ -260,6 +305,10 @@ def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool) -> 
                 return commands.retry_held(engine, args.sequence, console)
             case "replies":
                 return asyncio.run(commands.replies_poll(engine, console))
+            case "sending":
+                return commands.sending_resume(engine, args.kind, console)
+            case "status":
+                return commands.status(engine, console)
             case "webhooks" if args.action == "list":
                 return commands.webhooks_list(engine, args.status, args.limit, console)
             case "webhooks":

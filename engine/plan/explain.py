@@ -30,9 +30,11 @@ from engine.plan.interpreter import (
     play,
 )
 from engine.plan.planner import Planner
-from engine.plan.rules import answers, entry, happened
+from engine.plan.rules import answers, entry, happened, spacing_gap
+from engine.plan.spacing import Mailings, load_mailings
 from engine.program.audience import blocked, trigger_lapsed
 from engine.program.sequences import Sequence
+from engine.records.outbox import held_for_file
 from engine.store.models import Contact, Enrollment, Message, Suppression
 
 RUNNING = ("active", "held")
@@ -47,19 +49,21 @@ class Explanation:
 
 
 @dataclass(frozen=True)
-class _Facts:
+class Facts:
     """What the rules read about one contact, loaded once for every sequence."""
 
     contact: Contact
     suppressed: bool
     asks: AskHistory
+    mailings: Mailings
 
     @classmethod
-    def load(cls, ctx: PlanContext, session: Session, contact: Contact, now: datetime) -> _Facts:
+    def load(cls, ctx: PlanContext, session: Session, contact: Contact, now: datetime) -> Facts:
         return cls(
             contact,
             session.get(Suppression, contact.email) is not None,
             load_asks(session, ctx.ask_steps, {contact.id}, now),
+            load_mailings(session, {contact.id}, now, spacing_gap(ctx.settings)),
         )
 
     def rules(
@@ -79,6 +83,7 @@ class _Facts:
             asks=self.asks,
             run=run,
             engaged=partial(happened, session, messages),
+            mailings=self.mailings,
         )
 
 
@@ -107,6 +112,8 @@ def _fate(seq: Sequence, place: Place, base: datetime, now: datetime, rules: Ans
             return f"; then at step {outcome.step}: stopped: {outcome.reason}"
         if isinstance(outcome, Hold):
             return f"; then at step {outcome.step}: held: {outcome.reason}"
+        if isinstance(outcome, Wait) and outcome.reason:
+            return f"; then at step {outcome.place.mark}: {outcome.reason}"
         if not isinstance(outcome, Wait):
             break
     return ""
@@ -118,7 +125,7 @@ def explain_contact(planner: Planner, email: str) -> list[Explanation]:
     now = ctx.clock.now()
     out: list[Explanation] = []
     with ctx.db.session() as session:
-        facts = _Facts.load(ctx, session, _find(session, email), now)
+        facts = Facts.load(ctx, session, _find(session, email), now)
         contact = facts.contact
         for seq in sorted(ctx.sequences.values(), key=lambda s: s.id):
             runs = _runs(session, contact, seq)
@@ -154,13 +161,16 @@ def explain_contact(planner: Planner, email: str) -> list[Explanation]:
 def _progress(
     ctx: PlanContext,
     session: Session,
-    facts: _Facts,
+    facts: Facts,
     seq: Sequence,
     enrollment: Enrollment,
     now: datetime,
 ) -> tuple[str, str]:
     if enrollment.status == "held":
-        return "held", enrollment.reason or "held"
+        why = enrollment.reason or "held"
+        if held_for_file(enrollment.reason, seq.id):  # seq is loaded: its file is fixed
+            why += "; the file loads again: the next tick sends it or says why not"
+        return "held", why
     waiting = session.scalar(
         select(Message)
         .where(Message.enrollment_id == enrollment.id, Message.status.in_(PENDING))
@@ -178,6 +188,8 @@ def _progress(
     when = f"{enrollment.next_at:%Y-%m-%d %H:%M} UTC" if enrollment.next_at else "after the send"
     state = "due" if enrollment.next_at and enrollment.next_at <= now else "in it"
     why = f"next: {nxt} at {when} (entered {enrollment.started_at:%Y-%m-%d})"
+    if enrollment.reason:  # a wait no wait step explains: spacing from another email
+        why += f"; {enrollment.reason}"
     if enrollment.next_at is not None:
         messages = run_messages(session, [enrollment.id]).get(enrollment.id, {})
         rules = facts.rules(ctx, session, seq, enrollment.id, messages)
@@ -263,7 +275,7 @@ def simulate(
             contacts = [_find(session, email)]
         else:
             contacts = list(session.scalars(select(Contact).order_by(Contact.id)))
-        sim = _Simulation(session, seq, now, horizon, one=bool(email), limit=limit)
+        sim = Simulation(session, seq, now, horizon, one=bool(email), limit=limit)
         shown = 0
         for contact in contacts:
             suppressed = session.get(Suppression, contact.email) is not None
@@ -276,7 +288,8 @@ def simulate(
             asks = AskHistory()
             if seq.id in ctx.asking_sequences:
                 asks = load_asks(session, ctx.ask_steps, {contact.id}, now)
-            rules = _Facts(contact, suppressed, asks).rules(
+            mailings = load_mailings(session, {contact.id}, now, spacing_gap(ctx.settings))
+            rules = Facts(contact, suppressed, asks, mailings).rules(
                 ctx, session, seq, start.run, start.messages
             )
             entries.extend(timeline(ctx, seq, contact, start, horizon, rules))
@@ -286,7 +299,7 @@ def simulate(
 
 
 @dataclass
-class _Simulation:
+class Simulation:
     """Where each contact's simulated run begins, with notes for people on the others."""
 
     session: Session
@@ -296,11 +309,16 @@ class _Simulation:
     one: bool  # a single contact was asked for: say more about it
     limit: int  # notes on contacts that do not enter, when listing them all
     notes: list[str] = field(default_factory=list)
+    # Runs by contact and sequence, read once for many contacts; None: read per contact.
+    history: Mapping[tuple[int, str], list[Enrollment]] | None = None
 
     def start(self, contact: Contact, suppressed: bool) -> _Start | None:
         """Where ``contact``'s run begins, or None (with a note why) when not in time."""
         seq, now = self.seq, self.now
-        runs = _runs(self.session, contact, seq)
+        if self.history is None:
+            runs = _runs(self.session, contact, seq)
+        else:
+            runs = self.history.get((contact.id, seq.id), [])
         if runs and runs[-1].status in RUNNING:
             return self._resume(contact, runs[-1])
         if seq.trigger is not None:

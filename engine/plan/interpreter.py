@@ -2,8 +2,9 @@
 
 ``interpret`` reads no database and no clock. It is handed the run's place, the time its
 previous step finished, the moment of the pass and the rule ``Answers`` about the contact, and
-returns the actions on the way (notes, branches taken) and one ``Outcome``: wait until a time,
-send a step at a time (inside the send window), complete, stop or hold, each with its reason.
+returns the actions on the way (notes, branches taken) and one ``Outcome``: wait until a time
+(a wait step, or spacing from the contact's other emails), send a step at a time (inside the
+send window), complete, stop or hold, each with its reason.
 The planner acts on it for real; ``explain`` and ``simulate`` replay it with ``play``, so what
 they show is what a tick would do.
 """
@@ -45,6 +46,9 @@ class Answers:
     too_soon: Callable[[datetime], str | None]
     # The first moment at or after this one when the send window is open for the contact.
     opens: Callable[[datetime], datetime]
+    # When an email due at this moment must wait for the contact's other emails: the moment
+    # it may go and why (program.min_hours_between_emails), else None.
+    spacing: Callable[[datetime], tuple[datetime, str] | None] = lambda at: None
 
 
 @dataclass(frozen=True)
@@ -67,10 +71,12 @@ class Branched:
 
 @dataclass(frozen=True)
 class Wait:
-    """Nothing more until ``until``; then the run goes on from ``place``."""
+    """Nothing more until ``until``; then the run goes on from ``place``. ``reason`` says why
+    when it is not a wait step (an email that keeps its distance from another)."""
 
     until: datetime
     place: Place
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -147,7 +153,12 @@ def interpret(seq: Sequence, place: Place, base: datetime, now: datetime, answer
                 reason = answers.too_soon(now)
             if reason is not None:
                 return Walk(tuple(actions), Stop(step.id, reason))
-            return Walk(tuple(actions), Send(step, answers.opens(base), Place.of(seq, pos + 1)))
+            at = answers.opens(base)
+            # A late email goes out at once: it keeps its distance from then on.
+            if seq.spaced and (spaced := answers.spacing(max(at, now))) is not None:
+                # Never dropped: the run stands before this email until it may go.
+                return Walk(tuple(actions), Wait(spaced[0], Place.of(seq, pos), spaced[1]))
+            return Walk(tuple(actions), Send(step, at, Place.of(seq, pos + 1)))
     return Walk(tuple(actions), Hold(seq.steps[pos].id if pos < len(seq.steps) else END, LOOPING))
 
 
@@ -161,10 +172,20 @@ def play(
     for _ in range(rounds(seq)):
         walk = interpret(seq, place, base, now, answers)
         yield now, walk
-        match walk.outcome:
-            case Wait(until, place):
-                base = now = until
-            case Send(_, at, place):
-                base = now = max(at, now)  # a late email goes out at once
-            case _:
-                return
+        if (after := following(walk.outcome, now)) is None:
+            return
+        place, now = after
+        base = now
+
+
+def following(outcome: Outcome, now: datetime) -> tuple[Place, datetime] | None:
+    """Where and when the next walk of a run starts after ``outcome`` (walked at ``now``): after
+    a wait, when it ends; after a send, when the email goes out (at once if late); None once
+    the run ends. The time is also the next walk's base: the previous step finished then."""
+    match outcome:
+        case Wait(until, place, _):
+            return place, until
+        case Send(_, at, place):
+            return place, max(at, now)
+        case _:
+            return None

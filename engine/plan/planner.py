@@ -38,6 +38,7 @@ from engine.plan.notes import DEFAULT_NOTE
 from engine.plan.runs import end_run
 from engine.program.sequences import Sequence
 from engine.program.settings import Settings
+from engine.records.outbox import recheck_held
 from engine.store.db import Database
 from engine.store.models import Contact, Enrollment, Meta
 
@@ -85,6 +86,9 @@ class Planner:
         stats = PlanStats()
         with self.db.write() as session:
             self.recheck_if_audiences_changed(session, self.clock.now())
+            # A sequence file that loads again releases what its failure held.
+            steps = {s.id: {step.id for step in s.send_steps()} for s in self.sequences.values()}
+            stats.detail["released"] = recheck_held(session, steps, self.clock.now())
         while (part := self._batch(process_events)).events:
             stats += part
         while (part := self._batch(enroll_due_contacts)).checked:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from collections.abc import Sequence as Seq
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from engine.plan.asks import AskHistory, ask_fatigue
 from engine.plan.interpreter import Answers
+from engine.plan.spacing import Mailings, spacing
 from engine.program.audience import (
     Decision,
     PastEnrollment,
@@ -83,13 +84,22 @@ def answers(
     asks: AskHistory,
     run: int | None,
     engaged: Callable[[BranchStep], bool],
+    mailings: Mailings,
 ) -> Answers:
     """The rules of a tick for ``contact`` in a run (``run``: its id, None for a new one):
-    re-eligibility, ask fatigue from ``asks`` (which later asks may join), the send window."""
+    re-eligibility, ask fatigue from ``asks`` (which later asks may join), the send window,
+    spacing from the contact's other emails in ``mailings`` (which later emails may join)."""
     schedule, program = settings.schedule, settings.program
+    gap = spacing_gap(settings)
     return Answers(
         happened=engaged,
         lapsed=lambda now: lapsed(seq, contact, now, suppressed),
         too_soon=lambda now: ask_fatigue(asks, contact.id, run, now, program),
         opens=lambda at: schedule.next_open(at, seq.window, contact.timezone),
+        spacing=lambda at: spacing(mailings, contact.id, run, at, gap),
     )
+
+
+def spacing_gap(settings: Settings) -> timedelta:
+    """The least time between two of a contact's emails (program.min_hours_between_emails)."""
+    return timedelta(hours=settings.program.min_hours_between_emails)

@@ -7,7 +7,9 @@ keys are errors (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import json
 import os
 import re
 import tomllib
@@ -31,10 +33,18 @@ from engine.program.windows import (
 
 DEFAULT_PATH = "settings.toml"
 
+# Keys holding a password or a key: never in a repr, a log line or an error message
+# (``field(repr=False)``; SettingsError shows no value of theirs).
+SECRET = {"secret": True}
+
+
+def _secret(default: Any = "") -> Any:
+    return field(default=default, repr=False, metadata=SECRET)
+
 
 @dataclass(frozen=True)
 class DatabaseSettings:
-    url: str = "sqlite:///var/engine.db"
+    url: str = _secret("sqlite:///var/engine.db")  # a PostgreSQL URL may hold a password
 
 
 @dataclass(frozen=True)
@@ -42,7 +52,7 @@ class SmtpSettings:
     host: str = "127.0.0.1"
     port: int = 1025
     username: str = ""
-    password: str = ""
+    password: str = _secret()
     security: str = "none"  # none | starttls | tls
     timeout: float = 30.0
     connections: int = 4  # reused connections, also the send concurrency
@@ -61,7 +71,7 @@ class ImapSettings:
     host: str = "127.0.0.1"
     port: int = 1143
     username: str = ""  # empty: no mailbox is read
-    password: str = ""
+    password: str = _secret()
     mailbox: str = "INBOX"
     security: str = "none"  # none | starttls | tls
     ca_file: str = ""  # PEM file of a private CA to trust (empty: the system's CAs)
@@ -86,9 +96,9 @@ class ImapSettings:
 class TrackingSettings:
     base_url: str = "http://127.0.0.1:8080"
     listen: str = "127.0.0.1:8080"
-    secret: str = "change-me"
-    old_secrets: tuple[str, ...] = ()  # still accepted for links in older emails
-    api_token: str = ""  # bearer token for POST /api/events; empty: the events API is off
+    secret: str = _secret("change-me")
+    old_secrets: tuple[str, ...] = _secret(())  # still accepted for links in older emails
+    api_token: str = _secret()  # bearer token for POST /api/events; empty: the events API is off
 
     @property
     def listen_address(self) -> tuple[str, int]:
@@ -151,6 +161,9 @@ class ProgramSettings:
     # Days between two asks, doubled for each of the contact's latest asks they ignored
     # (no human click, no reply): persistent, never excessive.
     ask_spacing_days: float = 30.0
+    # At most one email from the program's sequences per contact within this many hours
+    # (sequences with spaced: false, notes to the team and rewards are exempt); 0: off.
+    min_hours_between_emails: float = 24.0
     # The thank-you gift per converted referral, for each side: credit | code | none.
     referrer_reward: str = "credit"
     referrer_credit: float = 20.0
@@ -179,7 +192,7 @@ class WebhookSettings:
     off."""
 
     urls: tuple[str, ...] = ()  # http(s) endpoints; each gets every subscribed event
-    secret: str = ""  # HMAC-SHA256 key of X-Engine-Signature; required with urls
+    secret: str = _secret()  # HMAC-SHA256 key of X-Engine-Signature; required with urls
     events: tuple[str, ...] = (
         "referral.created",
         "referral.converted",
@@ -238,47 +251,48 @@ SECTIONS: dict[str, type] = {
 }
 
 
-def _coerce(key: str, value: Any, target: Any) -> Any:
-    """Turn a TOML or environment value into the declared type, or raise naming the key."""
+def _coerce(key: str, value: Any, target: Any, *, secret: bool = False) -> Any:
+    """Turn a TOML or environment value into the declared type, or raise naming the key (and
+    the value, unless the key holds a secret)."""
+    got = "a hidden value" if secret else repr(value)
     if target is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in {
-            "1",
-            "true",
-            "yes",
-            "on",
-            "0",
-            "false",
-            "no",
-            "off",
-        }:
-            return value.lower() in {"1", "true", "yes", "on"}
-        raise SettingsError(key, f"expected true or false, got {value!r}")
-    if target is int:
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise SettingsError(key, f"expected true or false, got {got}")
+    if target in (int, float):
+        what = "an integer" if target is int else "a number"
         if isinstance(value, bool):
-            raise SettingsError(key, f"expected an integer, got {value!r}")
+            raise SettingsError(key, f"expected {what}, got {got}")
         try:
-            return int(value)
+            return target(value)
         except (TypeError, ValueError):
-            raise SettingsError(key, f"expected an integer, got {value!r}") from None
-    if target is float:
-        if isinstance(value, bool):
-            raise SettingsError(key, f"expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise SettingsError(key, f"expected a number, got {value!r}") from None
+            raise SettingsError(key, f"expected {what}, got {got}") from None
     if target is str:
         if not isinstance(value, str):
-            raise SettingsError(key, f"expected a string, got {value!r}")
+            raise SettingsError(key, f"expected a string, got {got}")
         return value
-    # tuple[str, ...]: a TOML array, or a comma-separated environment value
+    # tuple[str, ...]: a TOML array, or from the environment a JSON array or commas
     if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
+        value = _env_list(key, value, got)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise SettingsError(key, f"expected a list of strings, got {value!r}")
+        raise SettingsError(key, f"expected a list of strings, got {got}")
     return tuple(value)
+
+
+_TRUE, _FALSE = frozenset({"1", "true", "yes", "on"}), frozenset({"0", "false", "no", "off"})
+
+
+def _env_list(key: str, text: str, got: str) -> Any:
+    """A list from an environment variable: a JSON array (``'["a", "b"]'``) when it starts
+    with ``[``, else comma-separated (``"a, b"`` -> ``["a", "b"]``)."""
+    if not text.lstrip().startswith("["):
+        return [v.strip() for v in text.split(",") if v.strip()]
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise SettingsError(key, f"not a JSON array of strings: {got}") from None
 
 
 def _build_section(name: str, cls: type, raw: Mapping[str, Any], env: Mapping[str, str]) -> Any:
@@ -290,12 +304,43 @@ def _build_section(name: str, cls: type, raw: Mapping[str, Any], env: Mapping[st
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         dotted = f"{name}.{f.name}"
-        env_name = f"ENGINE_{name.upper()}_{f.name.upper()}"
+        env_name = env_variable(name, f.name)
+        secret = bool(f.metadata.get("secret"))
         if env_name in env:
-            values[f.name] = _coerce(env_name, env[env_name], hints[f.name])
+            values[f.name] = _coerce(env_name, env[env_name], hints[f.name], secret=secret)
         elif f.name in raw:
-            values[f.name] = _coerce(dotted, raw[f.name], hints[f.name])
+            values[f.name] = _coerce(dotted, raw[f.name], hints[f.name], secret=secret)
     return cls(**values)
+
+
+def env_variable(section: str, key: str) -> str:
+    """The environment variable that overrides ``section.key``: ``ENGINE_SMTP_PORT``."""
+    return f"ENGINE_{section.upper()}_{key.upper()}"
+
+
+# ENGINE_* variables that are not keys: the settings file, the clock, the tests' switches.
+OTHER_VARIABLES = frozenset({"ENGINE_SETTINGS", "ENGINE_NOW", "ENGINE_CHROMIUM"})
+OTHER_PREFIXES = ("ENGINE_REQUIRE_",)
+
+
+def _check_variables(env: Mapping[str, str]) -> None:
+    """Refuse an unknown ENGINE_* variable as an unknown key is refused: a typo
+    (ENGINE_SMTP_PROT) must not leave the default in place silently."""
+    known = {
+        env_variable(name, f.name)
+        for name, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+    }
+    for variable in sorted(env):
+        if (
+            variable.startswith("ENGINE_")
+            and variable not in known
+            and variable not in OTHER_VARIABLES
+            and not variable.startswith(OTHER_PREFIXES)
+        ):
+            close = difflib.get_close_matches(variable, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise SettingsError(variable, f"unknown environment variable{hint}")
 
 
 # An IMAP keyword (an atom), or one of the system flags it makes sense to set on a read email.
@@ -365,9 +410,10 @@ def _validate_webhooks(s: Settings) -> None:
         if parts.username is not None or parts.fragment or len(url) > 2000:
             # Credentials in a URL would show in `webhooks list` and in logs; the signature
             # is how a receiver knows the engine.
+            shown = f"{parts.scheme}://{parts.hostname}{parts.path}"  # never the password
             raise SettingsError(
                 "webhooks.urls",
-                f"{url!r}: no user:password@, no #fragment, 2000 characters at most",
+                f"{shown!r}: no user:password@, no #fragment, 2000 characters at most",
             )
         if any(not c.isprintable() or c.isspace() for c in url):
             raise SettingsError("webhooks.urls", f"{url!r} contains spaces or control characters")
@@ -458,6 +504,8 @@ def _validate_program(s: Settings) -> None:
         raise SettingsError("program.max_asks_per_year", "must not be negative")
     if s.program.ask_spacing_days < 0:
         raise SettingsError("program.ask_spacing_days", "must not be negative")
+    if not 0 <= s.program.min_hours_between_emails < float("inf"):
+        raise SettingsError("program.min_hours_between_emails", "must be a number, 0 or more")
     if not 0 <= s.program.acquisition_spend < float("inf"):
         raise SettingsError("program.acquisition_spend", "must be a number, 0 or more")
     for side in ("referrer", "friend"):
@@ -516,13 +564,20 @@ def require_real_secret(settings: Settings) -> None:
 
 
 def load_settings(
-    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    missing_ok: bool = True,
 ) -> Settings:
     """Read settings from ``path`` (or ENGINE_SETTINGS, or ./settings.toml) plus the environment.
 
-    A missing file is fine only when no path was asked for explicitly: defaults apply.
+    A missing file is fine only when no path was asked for explicitly and ``missing_ok`` (the
+    CLI says False: a command run from the wrong folder must not work on an empty database),
+    or when ENGINE_DATABASE_URL says where the data is (settings from the environment alone).
+    Unknown ENGINE_* variables are refused.
     """
     env = os.environ if env is None else env
+    _check_variables(env)
     explicit = path is not None or "ENGINE_SETTINGS" in env
     file = Path(path if path is not None else env.get("ENGINE_SETTINGS", DEFAULT_PATH))
     raw: dict[str, Any] = {}
@@ -533,6 +588,13 @@ def load_settings(
             raise SettingsError(str(file), f"not valid TOML: {exc}") from None
     elif explicit:
         raise SettingsError(str(file), "settings file not found")
+    elif not missing_ok and env_variable("database", "url") not in env:
+        raise SettingsError(
+            str(file.resolve()),
+            "no settings file here: run the command from your project's folder, pass "
+            "--settings PATH (or set ENGINE_SETTINGS), or create a project with "
+            "`python -m engine init DIR`",
+        )
     for name, value in raw.items():
         if name not in SECTIONS:
             raise SettingsError(name, "unknown section")

@@ -6,10 +6,10 @@ file changes nothing (idempotent). A changed NPS score counts as a survey answer
 
 from __future__ import annotations
 
-import csv
 import re
 import secrets
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -22,6 +22,7 @@ from engine.base import locale
 from engine.base.errors import ImportRowError
 from engine.mail.mime import check_address
 from engine.program.windows import parse_zone
+from engine.records.csvfile import CsvTable
 from engine.records.events import record_event
 from engine.records.privacy import was_erased
 from engine.store.db import Database
@@ -53,6 +54,8 @@ class ImportReport:
     unchanged: int = 0
     rejected: list[str] = field(default_factory=list)  # "row 7: email: missing"
     erased_before: int = 0  # created again after an erasure: kept unsubscribed
+    custom_columns: list[str] = field(default_factory=list)  # kept as custom fields
+    dry_run: bool = False  # what would change; nothing was written
 
     @property
     def total(self) -> int:
@@ -75,19 +78,17 @@ def _date(name: str, text: str) -> datetime:
 
 
 def parse_row(row: dict[str, str]) -> dict[str, Any]:
-    """Validate one CSV row into contact values; raise ImportRowError naming the field."""
+    """Validate one CSV row (cells by column: standard columns by their standard name) into
+    contact values; raise ImportRowError naming the field."""
     values: dict[str, Any] = {}
     custom: dict[str, str] = {}
-    for key, raw in row.items():
-        if key is None:
-            raise ImportRowError("row has more cells than the header has columns")
-        name = key.strip().lower()
+    for name, raw in row.items():
         text = (raw or "").strip()
         if FORBIDDEN.search(text):
             raise ImportRowError(f"{name}: contains a line break or control character")
         if name not in STANDARD:
             if text:
-                custom[key.strip()] = text
+                custom[name] = text
             continue
         if not text:
             continue
@@ -125,51 +126,56 @@ def parse_row(row: dict[str, str]) -> dict[str, Any]:
     return values
 
 
-def read_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    """(row number as a spreadsheet shows it, row) pairs; the header is row 1."""
-    if not path.is_file():
-        raise ImportRowError(f"{path}: not a file")
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        try:
-            header = reader.fieldnames
-            if not header or "email" not in [f.strip().lower() for f in header]:
-                raise ImportRowError(f"{path}: row 1: the header has no email column")
-            for row in reader:
-                yield reader.line_num, row
-        except UnicodeDecodeError as exc:
-            # Rows before this one are imported; the file must be re-saved as UTF-8.
-            raise ImportRowError(
-                f"{path}: after row {reader.line_num}: not UTF-8 text ({exc.reason}); "
-                "save the file as UTF-8 and import it again"
-            ) from None
-
-
 def import_contacts(
-    db: Database, path: Path, now: datetime, progress: Callable[[int], None] | None = None
+    db: Database,
+    path: Path,
+    now: datetime,
+    progress: Callable[[int], None] | None = None,
+    *,
+    dry_run: bool = False,
 ) -> ImportReport:
-    """Upsert every valid row of ``path``; return what happened to each."""
-    report = ImportReport()
+    """Upsert every valid row of ``path``; return what happened to each. With ``dry_run``
+    the same report, every transaction rolled back: nothing is written."""
+    table = CsvTable(path, known=STANDARD, required=("email",))
+    report = ImportReport(custom_columns=table.custom, dry_run=dry_run)
     pending: list[tuple[int, dict[str, Any]]] = []
     seen: dict[str, int] = {}
-    for line, row in read_rows(path):
+    for row in table.rows():
+        if progress:
+            progress(row.last_line - row.first_line + 1)
+        if row.problem is not None:
+            report.rejected.append(f"{row.where}: {row.problem}")
+            continue
         try:
-            values = parse_row(row)
+            values = parse_row(row.cells)
         except ImportRowError as exc:
-            report.rejected.append(f"row {line}: {exc}")
+            report.rejected.append(f"{row.where}: {exc}")
             continue
         if (first := seen.get(values["email"])) is not None:
-            report.rejected.append(f"row {line}: email: {values['email']} repeats row {first}")
+            report.rejected.append(f"{row.where}: email: {values['email']} repeats row {first}")
             continue
-        seen[values["email"]] = line
-        pending.append((line, values))
+        seen[values["email"]] = row.number
+        pending.append((row.number, values))
         if len(pending) >= CHUNK:
             _upsert(db, pending, now, report)
             pending.clear()
-        if progress:
-            progress(1)
     _upsert(db, pending, now, report)
     return report
+
+
+@contextmanager
+def _writing(db: Database, dry_run: bool) -> Iterator[Session]:
+    """A write transaction, committed; or for a dry run, always rolled back."""
+    if not dry_run:
+        with db.write() as session:
+            yield session
+        return
+    with db.writers() as session:
+        try:
+            yield session
+            session.flush()  # what a commit would check (constraints) is checked
+        finally:
+            session.rollback()
 
 
 def _upsert(
@@ -177,7 +183,7 @@ def _upsert(
 ) -> None:
     if not rows:
         return
-    with db.write() as session:
+    with _writing(db, report.dry_run) as session:
         existing = {
             c.email: c
             for c in session.scalars(

@@ -9,11 +9,13 @@ entry, so that importing the address again never starts sending to it again.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from engine.base.errors import EngineError
@@ -24,6 +26,7 @@ from engine.store.models import (
     Enrollment,
     Event,
     Message,
+    Meta,
     Notification,
     Purchase,
     Referral,
@@ -46,14 +49,45 @@ class PrivacyError(EngineError, LookupError):
     """No such person in the store."""
 
 
-def hashed(email: str) -> str:
-    """The suppression key of an erased address: ``sha256:<hex>`` of its lower-case form."""
+# The key of the suppression hash: 32 random bytes made at the first erasure and kept in
+# `meta`, never rotated (a new key would let every erased address back in). In the database
+# rather than in the settings: every process and host sharing the data uses the same key,
+# and it cannot be lost, retyped or rotated with the settings. It is apart from the tracking
+# secret (which rotates) and protects the suppression list itself: a hash in it can no
+# longer be checked against a list of addresses without the key.
+ERASURE_KEY = "erasure_hash_key"
+
+
+def hashed(email: str, key: bytes) -> str:
+    """The suppression key of an erased address: ``hmac-sha256:<hex>`` of its lower-case form
+    under the erasure key."""
+    mac = hmac.new(key, email.strip().lower().encode("utf-8"), hashlib.sha256)
+    return "hmac-sha256:" + mac.hexdigest()
+
+
+def _unkeyed(email: str) -> str:
+    """The suppression key erasures wrote before the key existed (still checked)."""
     return "sha256:" + hashlib.sha256(email.strip().lower().encode("utf-8")).hexdigest()
 
 
+def _erasure_key(session: Session, *, create: bool) -> bytes | None:
+    row = session.get(Meta, ERASURE_KEY)
+    if row is None and create:
+        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+        new = secrets.token_bytes(32).hex()
+        # Two processes erasing at once: one key wins, both use it.
+        stmt = dialect.insert(Meta).values(key=ERASURE_KEY, value=new).on_conflict_do_nothing()
+        session.execute(stmt)
+        row = session.get(Meta, ERASURE_KEY, populate_existing=True)
+    return bytes.fromhex(row.value) if row is not None else None
+
+
 def was_erased(session: Session, email: str) -> bool:
-    """True when ``email`` belonged to a person whose data was erased."""
-    return session.get(Suppression, hashed(email)) is not None
+    """True when ``email`` belonged to a person whose data was erased (keyed hash, or the
+    unkeyed one of erasures made before the key)."""
+    key = _erasure_key(session, create=False)
+    keys = [_unkeyed(email)] + ([hashed(email, key)] if key is not None else [])
+    return any(session.get(Suppression, k) is not None for k in keys)
 
 
 def _find(session: Session, email: str) -> Contact:
@@ -202,7 +236,9 @@ def erase_contact(db: Database, email: str, now: datetime) -> str:
         for alert in session.scalars(select(Alert).where(Alert.message.contains(address))):
             alert.message = alert.message.replace(address, "[erased]")
         session.execute(delete(Suppression).where(Suppression.email == address))
-        session.add(Suppression(email=hashed(address), reason="erased", created_at=now))
+        key = _erasure_key(session, create=True)
+        assert key is not None
+        session.add(Suppression(email=hashed(address, key), reason="erased", created_at=now))
         contact.email = placeholder
         for name in ("first_name", "last_name", "company", "timezone", "locale"):
             setattr(contact, name, None)

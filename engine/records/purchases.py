@@ -21,13 +21,15 @@ from sqlalchemy.orm import Session
 from engine.base.errors import ImportRowError
 from engine.mail.mime import check_address
 from engine.records import money
-from engine.records.contacts import read_rows
+from engine.records.csvfile import CsvTable
 from engine.records.events import record_event
 from engine.records.referrals import convert_in_session
 from engine.store.db import Database
 from engine.store.models import Contact, Purchase, Referral
 
 T = TypeVar("T")
+# The columns of a purchases file (``date`` is another name for ``occurred_at``).
+COLUMNS = ("email", "amount", "occurred_at", "date", "currency", "order_id")
 
 
 @dataclass
@@ -36,6 +38,7 @@ class PurchaseReport:
     repeated: int = 0  # an order id already recorded
     referred: int = 0  # made by someone a contact introduced
     rejected: list[str] = field(default_factory=list)  # "row 4: amount: ..."
+    ignored_columns: list[str] = field(default_factory=list)  # not a purchase's
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ class PurchaseRow:
 def parse_purchase_row(row: dict[str, str], now: datetime) -> PurchaseRow:
     """A CSV row, its values read by the rules of ``engine.records.money`` (the events API's
     too); ImportRowError naming the field otherwise. An empty cell is an absent value."""
-    values = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+    values = {k: (v or "").strip() for k, v in row.items()}
     try:
         email = check_address(values.get("email", "")).lower()
     except ValueError as exc:
@@ -145,12 +148,16 @@ def _cell(values: dict[str, str], name: str, parse: Callable[[str], T]) -> T | N
 def import_purchases(db: Database, path: Path, now: datetime) -> PurchaseReport:
     """Record every valid row of ``path`` (email, amount, occurred_at, currency, order_id);
     rejected rows are reported with their number and field, the rest are recorded."""
-    report = PurchaseReport()
-    for line, row in read_rows(path):
+    table = CsvTable(path, known=COLUMNS, required=("email", "amount"))
+    report = PurchaseReport(ignored_columns=table.custom)
+    for row in table.rows():
+        if row.problem is not None:
+            report.rejected.append(f"{row.where}: {row.problem}")
+            continue
         try:
-            values = parse_purchase_row(row, now)
+            values = parse_purchase_row(row.cells, now)
         except ImportRowError as exc:
-            report.rejected.append(f"row {line}: {exc}")
+            report.rejected.append(f"{row.where}: {exc}")
             continue
         with db.write() as session:
             done = record_purchase(

@@ -5,6 +5,7 @@ reward email. A conversion reported twice is recorded once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -73,54 +74,99 @@ def add_referral(
 
     ``consent``: the wording the person ticked on a web form (kept in the event's data).
     """
+    (outcome,) = add_referrals(
+        db, referrer_email, [(friend_email, name)], now, channel=channel, consent=consent
+    )
+    return outcome
+
+
+def add_referrals(
+    db: Database,
+    referrer_email: str,
+    friends: Sequence[tuple[str, str | None]],
+    now: datetime,
+    *,
+    channel: str = "cli",
+    consent: str | None = None,
+) -> list[ReferralOutcome]:
+    """Record, in one transaction, introductions made together (``friends``: (email, name)
+    pairs, e.g. the two people of one intro form); one outcome each.
+
+    Each new introduction gets its referral and ``referral.created`` event. The referrer is
+    thanked once for them all: the event of the first unflagged one has ``thank_you: true``
+    and ``friends`` (``name``, ``email`` of every unflagged one); the others have
+    ``thank_you: false``, flagged ones (a self-referral ...) included, so the thank-you
+    sequence (triggered on ``thank_you: true``) sends one email naming the real introductions.
+    """
     referrer_addr = _address(referrer_email, "--referrer")
-    friend = _address(friend_email, "--email")
-    if referrer_addr == friend:
+    wanted = [(_address(email, "--email"), name) for email, name in friends]
+    if any(friend == referrer_addr for friend, _ in wanted):
         raise ReferralError("--email: a contact cannot refer themselves")
     with db.write() as session:
         referrer = session.scalar(select(Contact).where(Contact.email == referrer_addr))
         if referrer is None:
             raise ReferralError(f"--referrer: no contact {referrer_addr}; import them first")
-        existing = session.scalar(
-            select(Referral).where(
-                Referral.referrer_id == referrer.id, Referral.friend_email == friend
+        outcomes: list[ReferralOutcome] = []
+        recorded: list[tuple[Referral, dict[str, Any]]] = []
+        for friend, name in wanted:
+            outcome, new = _introduce(
+                session, referrer, friend, now, name=name, channel=channel, consent=consent
             )
-        )
-        if existing is not None and existing.status == "detected":
-            # A person confirms what the engine found in a reply: now it is an introduction.
-            existing.status, existing.updated_at = "introduced", now
-            existing.friend_name = name or existing.friend_name
-            referral_event(session, "referral.created", existing, now, confirmed=True)
-            return ReferralOutcome(
-                existing.id, True, f"confirmed: {referrer_addr} introduced {friend}"
-            )
-        if existing is not None:
-            return ReferralOutcome(
-                existing.id, False, f"{referrer_addr} -> {friend} was already recorded"
-            )
-        referral = _new_referral(
-            session,
-            referrer,
-            friend,
-            now,
-            name=name,
-            channel=channel,
-            status="introduced",
-            consent=consent,
-        )
-        flag = referral.flag
-        referral_event(
-            session,
-            "referral.created",
-            referral,
-            now,
-            **({"flag": flag} if flag is not None else {}),
-            **({"consent": consent} if consent is not None else {}),
-        )
-        note = f" (flagged: {flag.replace('_', ' ')}, no reward)" if flag else ""
-        return ReferralOutcome(
-            referral.id, True, f"recorded: {referrer_addr} introduced {friend}{note}"
-        )
+            outcomes.append(outcome)
+            if new is not None:
+                recorded.append(new)
+        real = [referral for referral, _ in recorded if referral.flag is None]
+        for referral, extra in recorded:
+            thanked = bool(real) and referral is real[0]
+            if thanked:
+                extra["friends"] = [{"name": r.friend_name, "email": r.friend_email} for r in real]
+            referral_event(session, "referral.created", referral, now, thank_you=thanked, **extra)
+        return outcomes
+
+
+def _introduce(
+    session: Session,
+    referrer: Contact,
+    friend: str,
+    now: datetime,
+    *,
+    name: str | None,
+    channel: str,
+    consent: str | None,
+) -> tuple[ReferralOutcome, tuple[Referral, dict[str, Any]] | None]:
+    """One introduction by ``referrer``, in ``session``: its outcome, and the referral with
+    the extra data of the ``referral.created`` event to record (None: nothing new)."""
+    who = f"{referrer.email} introduced {friend}"
+    existing = session.scalar(
+        select(Referral).where(Referral.referrer_id == referrer.id, Referral.friend_email == friend)
+    )
+    if existing is not None and existing.status == "detected":
+        # A person confirms what the engine found in a reply: now it is an introduction.
+        existing.status, existing.updated_at = "introduced", now
+        existing.friend_name = name or existing.friend_name
+        extra: dict[str, Any] = {"confirmed": True}
+        if existing.flag is not None:
+            extra["flag"] = existing.flag
+        return ReferralOutcome(existing.id, True, f"confirmed: {who}"), (existing, extra)
+    if existing is not None:
+        return ReferralOutcome(existing.id, False, f"{who} was already recorded"), None
+    referral = _new_referral(
+        session,
+        referrer,
+        friend,
+        now,
+        name=name,
+        channel=channel,
+        status="introduced",
+        consent=consent,
+    )
+    flag = referral.flag
+    extra = {
+        **({"flag": flag} if flag is not None else {}),
+        **({"consent": consent} if consent is not None else {}),
+    }
+    note = f" (flagged: {flag.replace('_', ' ')}, no reward)" if flag else ""
+    return ReferralOutcome(referral.id, True, f"recorded: {who}{note}"), (referral, extra)
 
 
 def _mailbox(address: str) -> str:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine.program.sequences import SendStep, Sequence
+from engine.records.pauses import pauses_in_force
 from engine.report.export import to_csv, to_json
 from engine.report.funnel import funnel_rows
 from engine.report.program import ltv, top_referrers
@@ -84,16 +85,13 @@ def build_report(
 
 
 def _alerts(session: Session, now: datetime) -> list[str]:
-    return list(
+    """Each pause of sending in force (kind, reason, until when), then what else a person
+    should act on from the last 30 days."""
+    paused = [f"sending paused: {p.describe()}" for p in pauses_in_force(session, now)]
+    return paused + list(
         session.scalars(
             select(Alert.message)
-            .where(
-                # sending paused now, or something to act on (no pause) from the last 30 days
-                or_(
-                    Alert.pause_until > now,
-                    and_(Alert.pause_until.is_(None), Alert.created_at > now - ALERT_DAYS),
-                )
-            )
+            .where(Alert.pause_until.is_(None), Alert.created_at > now - ALERT_DAYS)
             .order_by(Alert.created_at)
         )
     )

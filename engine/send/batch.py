@@ -187,6 +187,6 @@ def _referral_context(trigger: Event | None) -> dict[str, Any] | None:
     data = trigger.data or {}
     return {
         k: data.get(k)
-        for k in ("friend_name", "friend_email", "status", "value")
+        for k in ("friend_name", "friend_email", "status", "value", "friends")
         if data.get(k) is not None
     }

@@ -1,6 +1,11 @@
 """What becomes of a claimed email that did not simply go out: held back (a template error, a
 step gone), deferred to its send window, retried with backoff, failed or bounced, rejected as
-unsendable, or requeued while sending pauses for a policy refusal.
+unsendable, or requeued while sending pauses (the relay cannot be reached, or refuses us).
+
+Only an answer about an email (a 4xx or 5xx to its MAIL, RCPT or DATA) counts against that
+email. A relay that cannot be reached at all (refused, timed out, a refused login or TLS) is no
+email's fault: the email goes back to the queue untouched and sending pauses as a whole until
+the next probe (engine.records.pauses).
 
 Each is one fenced result write through the lease queue (engine.store.lease) plus its effects
 (an enrollment held or stopped, a suppression, an alert), in one transaction; a worker that is
@@ -10,19 +15,23 @@ no longer the row's holder changes nothing and counts the email as skipped.
 from __future__ import annotations
 
 import logging
+import ssl
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import aiosmtplib
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from engine.base.clock import Clock
-from engine.base.errors import PermanentFailure, PolicyFailure, TemporaryFailure
+from engine.base.errors import PermanentFailure, PolicyFailure, TemporaryFailure, TransportError
 from engine.base.retry import retry_delay
 from engine.program.sequences import Sequence
 from engine.program.settings import Settings
 from engine.records.events import record_event, schedule_reentry, suppress
-from engine.records.pauses import active_pause
+from engine.records.health import short_reason
+from engine.records.pauses import PauseKind, active_pause, relay_failed
 from engine.send.batch import Loaded
 from engine.store.db import Database
 from engine.store.lease import OUTBOX, Claimed
@@ -45,7 +54,35 @@ class SendStats:
     skipped: int = 0  # lost the lease or cancelled meanwhile
     deferred: int = 0  # due while the send window was closed: queued for its opening
     paused: bool = False
+    pause_reason: str | None = None  # why sending paused during this pass
     errors: list[str] = field(default_factory=list)
+    retry_reasons: Counter[str] = field(default_factory=Counter)  # why emails wait for a retry
+    held_reasons: Counter[str] = field(default_factory=Counter)  # why emails are held back
+
+    def top_reasons(self, count: int = 3) -> list[str]:
+        """The most frequent reasons for retrying and holding, ``retrying 12: 451 4.3.0 ...``."""
+        lines = [f"retrying {n}: {r}" for r, n in self.retry_reasons.most_common(count)]
+        return lines + [f"held {n}: {r}" for r, n in self.held_reasons.most_common(count)]
+
+
+def relay_problem(exc: TransportError) -> PauseKind | None:
+    """The pause kind of a failure to reach the relay at all (before any MAIL FROM), or None
+    for an answer about one email.
+
+    engine.mail.smtp raises the connection's failures from aiosmtplib's own: a refused or
+    timed-out connection and a 4xx greeting (``SMTPConnectError``), a refused login
+    (``SMTPAuthenticationError``) or an untrusted certificate (``ssl.SSLError`` in the chain).
+    """
+    cause: BaseException | None = exc.__cause__
+    if isinstance(cause, aiosmtplib.SMTPAuthenticationError):
+        return PauseKind.LOGIN_REFUSED
+    if isinstance(exc, TemporaryFailure) and isinstance(cause, aiosmtplib.SMTPConnectError):
+        return PauseKind.RELAY_DOWN
+    while isinstance(exc, PolicyFailure) and cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return PauseKind.TLS_FAILED
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,6 +118,7 @@ class Outcomes:
                 .values(status="held", reason=reason)
             )
         stats.render_failed += 1
+        stats.held_reasons[short_reason(reason)] += 1
         stats.errors.append(reason)
 
     def reject(self, c: Claimed, reason: str, stats: SendStats) -> None:
@@ -106,7 +144,11 @@ class Outcomes:
 
     def retry(self, c: Claimed, exc: TemporaryFailure, stats: SendStats, row: Loaded) -> None:
         """A temporary refusal: back to the queue after the backoff (within the send window),
-        or failed once ``smtp.max_attempts`` attempts were made."""
+        or failed once ``smtp.max_attempts`` attempts were made. A relay that cannot be reached
+        is no refusal of this email: see ``relay_down``."""
+        if (kind := relay_problem(exc)) is not None:
+            self.relay_down(c, kind, exc, stats)
+            return
         now = self.clock.now()
         smtp = self.settings.smtp
         with self.db.write() as session:
@@ -132,6 +174,31 @@ class Outcomes:
                 return
         log.info("email_deferred message=%s due=%s reason=%s", c.id, due.isoformat(), exc)
         stats.retried += 1
+        stats.retry_reasons[short_reason(str(exc))] += 1
+
+    def relay_down(
+        self, c: Claimed, kind: PauseKind, exc: TransportError, stats: SendStats
+    ) -> None:
+        """The relay could not be reached: the email goes back to the queue untouched (its
+        attempt uncounted, its due time and Message-ID kept) and sending pauses as a whole
+        until the next probe, with backoff (engine.records.pauses.relay_failed)."""
+        now = self.clock.now()
+        smtp = self.settings.smtp
+        with self.db.write() as session:
+            OUTBOX.finish(session, c, status="queued", attempts=Message.attempts - 1)
+            pause = relay_failed(
+                session,
+                now,
+                kind,
+                str(exc),
+                base=smtp.retry_base_seconds,
+                cap=smtp.retry_max_seconds,
+            )
+        if not stats.paused:
+            log.error("sending_paused kind=%s next_probe=%s reason=%s", kind, pause.until, exc)
+            stats.errors.append(f"sending paused: {pause.describe()}")
+        stats.paused = True
+        stats.pause_reason = pause.describe()
 
     def fail(self, c: Claimed, exc: PermanentFailure, stats: SendStats) -> None:
         """A permanent refusal: fail the email, record the bounce (a hard one suppresses the
@@ -162,7 +229,12 @@ class Outcomes:
 
         The email goes back to the queue for the first moment of its send window after the
         pause, so it does not go out in the middle of the contact's night once the pause ends.
+        A refused login or TLS handshake is the relay's problem, not the email's: see
+        ``relay_down``.
         """
+        if (kind := relay_problem(exc)) is not None:
+            self.relay_down(c, kind, exc, stats)
+            return
         now = self.clock.now()
         until = now + timedelta(seconds=self.settings.smtp.policy_pause_seconds)
         with self.db.write() as session:
@@ -177,7 +249,7 @@ class Outcomes:
             if active_pause(session, now) is None:
                 session.add(
                     Alert(
-                        kind="sending_paused",
+                        kind=PauseKind.POLICY,
                         created_at=now,
                         pause_until=until,
                         message=f"SMTP policy rejection, sending paused until "
@@ -186,6 +258,7 @@ class Outcomes:
                 )
         log.error("sending_paused until=%s reason=%s", until.isoformat(), exc)
         stats.paused = True
+        stats.pause_reason = f"policy rejection, until {until:%Y-%m-%d %H:%M} UTC: {exc}"
         stats.errors.append(f"sending paused: {exc}")
 
     def _stop_enrollment(self, session: Session, c: Claimed, reason: str, now: datetime) -> None:

@@ -13,9 +13,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, Select, bindparam, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from engine.base.errors import EngineError
 from engine.store.prepared import Prepared
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -49,12 +50,36 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.connection.driver_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")  # type: ignore[union-attr]
 
 
+class DatabaseUnavailable(EngineError, ConnectionError):
+    """The database cannot be opened or reached (a missing folder, a server that is down)."""
+
+
+# What a database that is down, restarting or locked raises: the scheduler waits these out.
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    OperationalError,
+    InterfaceError,
+    DatabaseUnavailable,
+)
+
+
+def outage_reason(exc: BaseException) -> str:
+    """One line saying why the database did not answer, without the statement or its
+    parameters: ``connection to server at "127.0.0.1", port 5432 failed: Connection refused``."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
+    return (lines[0] if lines else type(orig).__name__)[:300]
+
+
 def create_db_engine(url: str) -> Engine:
-    """An Engine for ``url``; SQLite gets WAL and its parent folder is created."""
+    """An Engine for ``url``; SQLite gets WAL. A SQLite file's folder must exist: a typo in
+    the URL must not create an empty database somewhere else (DatabaseUnavailable)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if path and path != ":memory:" and not Path(path).parent.is_dir():
+            raise DatabaseUnavailable(
+                f"database: the folder {Path(path).parent} does not exist: create it, or fix "
+                "database.url (relative paths are relative to the settings file)"
+            )
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
@@ -106,7 +131,14 @@ class Database:
         self.url = url
         self.engine = create_db_engine(url)
         if auto_migrate:
-            migrate(self.engine)
+            try:
+                migrate(self.engine)
+            except (OperationalError, InterfaceError) as exc:
+                self.engine.dispose()
+                shown = self.engine.url.render_as_string(hide_password=True)
+                raise DatabaseUnavailable(
+                    f"database: cannot open {shown}: {outage_reason(exc)}"
+                ) from None
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.writers = sessionmaker(
             self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False

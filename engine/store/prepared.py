@@ -13,10 +13,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Dialect
+from sqlalchemy import ColumnDefault, Connection, Dialect
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql.elements import BindParameter
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import BindParameter, ClauseElement
 from sqlalchemy.types import TypeEngine
 
 from engine.store.models import UtcDateTime
@@ -58,8 +58,10 @@ def bind_processor(type_: TypeEngine[Any], dialect: Dialect) -> Processor:
 class _Compiled:
     """One statement in one dialect: its SQL, and how a call's values become parameters."""
 
-    def __init__(self, statement: Executable, dialect: Dialect) -> None:
+    def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+        # A statement compiles to an SQLCompiler (bind names, prefetch, positional order).
+        assert isinstance(compiled, SQLCompiler)
         self.sql = compiled.string
         # Each parameter is a slot: (name, how to fill it, what with). A value written into
         # the statement is converted once; a value each call supplies goes through its
@@ -74,6 +76,8 @@ class _Compiled:
                 slots[name] = (name, _FIXED, process(bind.effective_value))
         for column in compiled.insert_prefetch:  # Python-side defaults of an INSERT
             default, process = column.default, bind_processor(column.type, dialect)
+            # A prefetched column has a Python-side ColumnDefault: a value or a callable.
+            assert isinstance(default, ColumnDefault)
             if default.is_scalar:
                 slots[column.key] = (column.key, _FIXED, process(default.arg))
             else:  # SQLAlchemy hands the callable the execution context
@@ -120,7 +124,7 @@ class Prepared:
     ``conn.execute``.
     """
 
-    def __init__(self, statement: Executable) -> None:
+    def __init__(self, statement: ClauseElement) -> None:
         self.statement = statement
         self._compiled: dict[tuple[str, str], _Compiled] = {}
 

@@ -58,7 +58,10 @@ def test_a_deadlock_victim_is_retried_and_both_transactions_commit(
         t.start()
     for t in threads:
         t.join(timeout=30)
-    assert sorted(attempts.values()) == [1, 2]  # PostgreSQL aborted one; it ran again
+    # PostgreSQL aborted one and it ran again. On a busy machine the retry can meet the other
+    # transaction before it commits and deadlock once more (then that one is retried too):
+    # what matters is that a victim was retried and both committed whole.
+    assert max(attempts.values()) >= 2 and min(attempts.values()) >= 1
     with db.session() as s:
         rows = {a.id: (a.message, a.kind) for a in s.scalars(select(Alert))}
     # both transactions committed whole

@@ -249,3 +249,67 @@ def test_the_unsubscribe_page_asks_first_and_one_click_does_it(site: Site, page:
     )
     assert contact(site, "ana@example.com").unsubscribed_at is not None
     assert [e.data for e in events(site, "unsubscribed")] == [{"via": "page"}]
+
+
+# -- NPS targets: big enough for a thumb, one line on a desktop ------------------------------------
+
+PHONE_375 = {"width": 375, "height": 812}
+DESKTOP = {"width": 1280, "height": 800}
+TAP = 44  # px: the smallest comfortable touch target (WCAG 2.5.5, Apple's HIG)
+
+
+def score_boxes(page: Page, selector: str) -> list[dict[str, float]]:
+    """Width, height and top of each element ``selector`` finds, in CSS pixels."""
+    return page.eval_on_selector_all(
+        selector,
+        "els => els.map(e => { const r = e.getBoundingClientRect();"
+        " return {w: r.width, h: r.height, top: Math.round(r.top)}; })",
+    )
+
+
+def check_scores(page: Page, selector: str, where: str) -> None:
+    for name, viewport in (("phone", PHONE_375), ("desktop", DESKTOP)):
+        page.set_viewport_size(viewport)  # type: ignore[arg-type]
+        boxes = score_boxes(page, selector)
+        assert len(boxes) == 11, (where, boxes)
+        small = [(n, b["w"], b["h"]) for n, b in enumerate(boxes) if min(b["w"], b["h"]) < TAP]
+        assert small == [], f"{where} on a {name}: targets under {TAP}x{TAP} px: {small}"
+        if name == "desktop":
+            assert len({b["top"] for b in boxes}) == 1, f"{where}: 0-10 not on one line: {boxes}"
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), where
+
+
+@SQLITE_ONLY
+def test_nps_scores_fit_a_thumb_on_a_phone_and_one_line_on_a_desktop(
+    site: Site, page: Page
+) -> None:
+    links = sent_to(site, ANA)
+    site.program.clock.advance(timedelta(minutes=5))
+    page.goto(links.nps[9])
+    check_scores(page, ".score", "the NPS page")
+
+
+@pytest.mark.parametrize("template", ["nps-survey.mjml", "nps-survey-reminder.mjml"])
+def test_the_survey_emails_scores_fit_a_thumb_too(page: Page, template: str) -> None:
+    from pathlib import Path
+
+    from engine.mail.tokens import Links, Signer
+    from engine.program.settings import SenderSettings
+    from engine.send.render import Renderer
+
+    root = Path(__file__).resolve().parents[2]
+    renderer = Renderer(
+        root / "templates",
+        links=Links("https://t.example.com", Signer("test-secret")),
+        sender=SenderSettings(postal_address="Acme Inc., 1 Main St, Springfield"),
+    )
+    context = {
+        "contact": {"email": "ana@example.com", "first_name": "Ana"},
+        "referral": None,
+        "reward": None,
+        "sequence": "nps-survey",
+        "step": "survey",
+    }
+    out = renderer.render(template, "", context, locale="en", ref=bytes(12))
+    page.set_content(out.html)
+    check_scores(page, 'a[href*="/nps/"]', template)

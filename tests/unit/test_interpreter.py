@@ -241,3 +241,45 @@ def test_an_ask_over_a_year_before_the_moment_no_longer_counts() -> None:
     assert ask_fatigue(history, 1, None, MONDAY + 364 * DAY, rule) is not None
     assert ask_fatigue(history, 1, None, MONDAY + 366 * DAY, rule) is None
     assert ask_fatigue(history, 1, 7, MONDAY + DAY, rule) is None  # the run's own reminder
+
+
+def test_an_email_too_close_to_another_waits_before_its_step_and_is_then_sent() -> None:
+    from engine.plan.spacing import Mailed, Mailings, spacing
+
+    mailings = Mailings()
+    mailings.add(7, Mailed(nine_am(MONDAY), 99, "survey", "survey", False))
+    gap = timedelta(hours=24)
+    answers = Answers(
+        happened=lambda step: False,
+        lapsed=lambda now: None,
+        too_soon=lambda now: None,
+        opens=nine_am,
+        spacing=lambda at: spacing(mailings, 7, 1, at, gap),
+    )
+    walk = interpret(ASK_THEN_REMINDER, START, MONDAY, MONDAY, answers)
+    assert walk.outcome == Wait(
+        nine_am(MONDAY) + gap,  # Wednesday 09:00, a day after the other email
+        Place("ask", 0),  # before the ask: never dropped
+        "waits until 2026-03-04 09:00 UTC: survey/survey due 2026-03-03 09:00 UTC, one email"
+        " per 24 h (program.min_hours_between_emails)",
+    )
+    played = [(at, w.outcome) for at, w in play(ASK_THEN_REMINDER, START, MONDAY, MONDAY, answers)]
+    assert played[1] == (
+        nine_am(MONDAY) + gap,
+        Send(ASK, nine_am(MONDAY) + gap, Place("after:ask", 1)),
+    )
+
+
+def test_an_unspaced_sequence_never_waits_for_other_emails() -> None:
+    import dataclasses
+
+    thanks = dataclasses.replace(sequence(send("thanks")), spaced=False)
+    answers = Answers(
+        happened=lambda step: False,
+        lapsed=lambda now: None,
+        too_soon=lambda now: None,
+        opens=nine_am,
+        spacing=lambda at: (at + DAY, "too close"),
+    )
+    walk = interpret(thanks, START, MONDAY, MONDAY, answers)
+    assert isinstance(walk.outcome, Send)

@@ -1003,3 +1003,15 @@ def test_subject_keys_in_a_file_are_normalised(tmp_path: Path) -> None:
     assert dict(step.subject) == {"pt-br": "Olá", "zh-hant": "你好", "default": "Hi"}
     assert step.subject_for("zh_HANT") == "你好"
     assert step.subject_for("??") == "Hi"
+
+
+def test_priority_and_spacing_load_with_their_defaults(tmp_path: Path) -> None:
+    survey = load_sequence(ROOT / "sequences" / "nps-survey.yaml")
+    ask = load_sequence(ROOT / "sequences" / "referral-ask.yaml")
+    thanks = load_sequence(ROOT / "sequences" / "nps-promoter.yaml")
+    assert survey.priority > ask.priority  # the survey before the ask
+    assert (survey.spaced, ask.spaced, thanks.spaced) == (True, True, False)
+    path = write(tmp_path, FULL_EXAMPLE.replace("category: referral\n", "priority: high\n"))
+    with pytest.raises(SequenceError) as caught:
+        load_sequence(path)
+    assert "priority" in str(caught.value) and "whole number" in str(caught.value)

@@ -29,7 +29,7 @@ from email.policy import compat32
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aioimaplib.aioimaplib import IMAP4, AioImapException, Command  # type: ignore[import-untyped]
+from aioimaplib.aioimaplib import IMAP4, AioImapException, Command
 
 from engine.base.errors import EngineError
 from engine.program.settings import ImapSettings

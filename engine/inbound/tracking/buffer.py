@@ -156,8 +156,16 @@ class HitBuffer:
                 waiter.cancel()
             try:
                 await self.flush()
-            except Exception:
-                log.exception("tracking_flush_failed pending=%s", self.pending)
+            except Exception as exc:
+                # A database outage: one line per attempt (no traceback: it would repeat
+                # every RETRY_SECONDS); the hits wait in memory up to max_pending.
+                log.warning(
+                    "tracking_flush_failed pending=%s dropped=%s error=%s",
+                    self.pending,
+                    self.dropped,
+                    str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__,
+                )
+                log.debug("tracking_flush_traceback", exc_info=True)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), RETRY_SECONDS)
         await self._final_flush()

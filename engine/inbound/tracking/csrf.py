@@ -50,6 +50,6 @@ class CsrfTokens:
         issued, mac = raw[:8], raw[8:]
         if not hmac.compare_digest(self._mac(path, issued), mac):
             return False
-        (at,) = struct.unpack(">d", issued)
+        at = float(struct.unpack(">d", issued)[0])
         # A little clock skew between workers is fine; a token from the future is not ours.
         return -60 <= now - at <= self._max_age

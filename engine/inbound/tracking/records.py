@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, time
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, select, update
@@ -350,25 +350,47 @@ class Referrer:
 
 
 def visit_referral_page(
-    db: Database, code: str, now: datetime, *, count: bool, machine: str | None
+    db: Database, code: str, now: datetime, *, visitor: str | None, machine: str | None
 ) -> Referrer | None:
-    """The referrer with referral code ``code`` (None: no such code); with ``count``, a
-    ``referral.visited`` event on them (machine traffic flagged, counted apart)."""
-    if count:
-        with db.write() as session:
+    """The referrer with referral code ``code`` (None: no such code). With ``visitor`` (a
+    keyed hash naming one visitor of this page on this UTC day), a ``referral.visited`` event
+    on them, unless that visitor was counted today already (by any copy of the app); machine
+    traffic is flagged and counted apart."""
+    if visitor is None:
+        with db.session() as session:
             contact = session.scalar(select(Contact).where(Contact.referral_code == code))
-            if contact is not None:
-                data = {"machine": machine} if machine else {}
+    else:
+        with db.write() as session:
+            # Locked: two copies of the app counting one visitor at once count them once.
+            contact = session.scalar(
+                select(Contact).where(Contact.referral_code == code).with_for_update()
+            )
+            if contact is not None and not _visited_today(session, contact.id, visitor, now):
+                data = {"visitor": visitor, **({"machine": machine} if machine else {})}
                 ev = record_event(
                     session, "referral.visited", now, contact_id=contact.id, data=data
                 )
                 ev.machine = machine is not None
-    else:
-        with db.session() as session:
-            contact = session.scalar(select(Contact).where(Contact.referral_code == code))
     if contact is None:
         return None
     return Referrer(contact.email, contact.first_name, contact.locale)
+
+
+def _visited_today(session: Session, contact_id: int, visitor: str, now: datetime) -> bool:
+    """Whether ``visitor`` was counted on this referrer's page since the start of ``now``'s
+    UTC day (the referrer's visits of the day, by the contact/type/time index)."""
+    day = datetime.combine(now.astimezone(UTC).date(), time.min, tzinfo=UTC)
+    found = session.scalar(
+        select(Event.id)
+        .where(
+            Event.contact_id == contact_id,
+            Event.type == "referral.visited",
+            Event.occurred_at >= day,
+            Event.data["visitor"].as_string() == visitor,
+        )
+        .limit(1)
+    )
+    return found is not None
 
 
 def save_partner(

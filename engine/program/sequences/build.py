@@ -23,6 +23,7 @@ from engine.program.durations import parse_duration
 from engine.program.sequences.model import (
     ACTIONS,
     DEFAULT_CATEGORY,
+    DEFAULT_PRIORITY,
     DEFAULT_STOP_WHEN,
     END,
     NPS_ANY,
@@ -164,6 +165,8 @@ class Builder:
             stop_when=stop_when,
             steps=steps,
             template_refs=tuple(self.template_refs),
+            priority=self.data.get("priority", DEFAULT_PRIORITY),
+            spaced=self.data.get("spaced", trigger is None or bool(self.asks)),
         )
 
     def audience(self, value: dict[str, Any]) -> Audience:

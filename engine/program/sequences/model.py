@@ -47,6 +47,7 @@ DEFAULT_CATEGORY = "referral"
 DEFAULT_STOP_WHEN = frozenset({"replied", "unsubscribed", "bounced"})
 DEFAULT_SUBJECT = "default"  # the subject key used when no language of the contact's matches
 MIN_REFERRAL_SCORE = 5  # the domain rule: never ask anyone who scored below 5
+DEFAULT_PRIORITY = 0  # of two emails due to one contact, the higher priority goes first
 
 WhereRule: TypeAlias = tuple[tuple[str, tuple[Any, ...]], ...]
 
@@ -168,6 +169,14 @@ class Sequence:
     stop_when: frozenset[str]  # canonical event types
     steps: tuple[Step, ...]
     template_refs: tuple[TemplateRef, ...]
+    # Of two emails due to one contact within [program] min_hours_between_emails, the higher
+    # priority goes first and the other waits.
+    priority: int = DEFAULT_PRIORITY
+    # Whether the emails keep [program] min_hours_between_emails from the contact's other
+    # emails. Default: an audience sequence, or one that asks for referrals, is spaced; any
+    # other event-triggered one answers something that just happened (a thank-you, a
+    # reward) and goes at once.
+    spaced: bool = True
 
     def index(self, step_id: str) -> int:
         """Position of the step ``step_id``; KeyError when there is none."""

@@ -18,6 +18,7 @@ from engine.program.sequences.model import (
     AUDIENCE_KINDS,
     BRANCH_CONDITIONS,
     DEFAULT_CATEGORY,
+    DEFAULT_PRIORITY,
     EVENT_NAMES,
     MIN_REFERRAL_SCORE,
     NOTIFY_ROLES,
@@ -119,6 +120,23 @@ def _top_properties() -> Schema:
             "When emails may go out (days and hours, on the contact's clock unless"
             " timezone says otherwise); omit it to use settings [schedule].",
         ),
+        "priority": {
+            "type": "integer",
+            "minimum": -1000,
+            "maximum": 1000,
+            "errorMessage": "expected a whole number from -1000 to 1000",
+            "description": "Of two emails due to one contact within [program]"
+            " min_hours_between_emails, the one of the higher priority goes first and the other"
+            f" waits (default {DEFAULT_PRIORITY}).",
+        },
+        "spaced": {
+            "type": "boolean",
+            "errorMessage": "expected true or false",
+            "description": "Whether its emails keep [program] min_hours_between_emails from the"
+            " contact's other emails (default: true for an audience sequence or one with a"
+            " referral ask, false for other ones started by a trigger: a thank-you or a reward"
+            " answers what just happened and goes at once).",
+        },
         "stop_when": one_or_list(
             ref("event"),
             "Events that end the sequence for the contact (default: replied, unsubscribed,"

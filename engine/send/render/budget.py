@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from contextvars import ContextVar
 from functools import wraps
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from jinja2.environment import Environment
 from jinja2.nodes import EvalContext
@@ -28,6 +28,8 @@ MAX_INT_BITS = 65_536
 # The render in progress's deadline (time.perf_counter()); none outside a render.
 DEADLINE: ContextVar[float] = ContextVar("render_deadline", default=math.inf)
 
+T = TypeVar("T")
+
 
 def tick() -> None:
     """RenderTimeout once the render in progress is past its deadline."""
@@ -40,7 +42,7 @@ def too_big(what: str) -> RenderTimeout:
     return RenderTimeout(f"{what} is over the render budget")
 
 
-def capped(value: Any) -> Any:
+def capped(value: T) -> T:
     """``value`` unless it is a string or sequence over the size budget."""
     if isinstance(value, str):
         if len(value) > MAX_OUTPUT_CHARS:

@@ -9,7 +9,9 @@ from engine.store.models import Base
 def _foreign_keys(connection: Connection, on: bool) -> None:
     # On the driver's connection: through SQLAlchemy the statement would open a transaction
     # first, and SQLite ignores this pragma inside one.
-    connection.connection.driver_connection.execute(f"PRAGMA foreign_keys={int(on)}")
+    driver = connection.connection.driver_connection
+    assert driver is not None  # a live pooled connection always has one
+    driver.execute(f"PRAGMA foreign_keys={int(on)}")
 
 
 def _run(connection: Connection) -> None:

@@ -15,7 +15,7 @@ from engine.inbound.tracking import forms, records
 from engine.inbound.tracking.i18n import Translator, language
 from engine.inbound.tracking.state import FORM_BODY_MAX, AppState, path_param
 from engine.mail.tokens import FORM_KINDS, LINK_PATHS
-from engine.records.referrals import ReferralError, add_referral
+from engine.records.referrals import ReferralError, add_referrals
 
 _FORM_TITLES = {
     "intro": "intro.title",
@@ -90,20 +90,21 @@ async def _save(
     v = result.values
     if name == "intro":
         consent = t("intro.consent", sender=app.sender_name)
-        for email, friend_name in forms.friends(result):
-            try:
-                await run_in_threadpool(
-                    add_referral,
+        try:
+            # One form, one transaction: the referrer is thanked once, for everyone in it.
+            await run_in_threadpool(
+                functools.partial(
+                    add_referrals,
                     app.db,
                     target.email,
-                    email,
+                    forms.friends(result),
                     now,
-                    name=friend_name,
                     channel="form",
                     consent=consent,
                 )
-            except ReferralError:
-                return False
+            )
+        except ReferralError:
+            return False
         return True
     if name == "partner":
         answers = {f.name: v[f.name] for f in forms.PARTNER}

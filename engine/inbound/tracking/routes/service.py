@@ -29,12 +29,13 @@ def routes(app: AppState) -> list[Route]:
             conn.execute(text("SELECT 1"))
 
     async def healthz(request: Request) -> Response:
+        hits = {"pending_hits": app.buffer.pending, "dropped_hits": app.buffer.dropped}
         try:
             await run_in_threadpool(ping)
-        except Exception:
-            log.exception("healthz_database_unreachable")
-            return JSONResponse({"status": "database unreachable"}, status_code=503)
-        return JSONResponse({"status": "ok", "pending_hits": app.buffer.pending})
+        except Exception as exc:  # the pixel and clicks still answer; hits wait in memory
+            log.warning("healthz_database_unreachable error=%s", type(exc).__name__)
+            return JSONResponse({"status": "database unreachable", **hits}, status_code=503)
+        return JSONResponse({"status": "ok", **hits})
 
     async def events(request: Request) -> Response:
         if not api_token:
