@@ -121,7 +121,8 @@ ANA = "ana@example.com,Ana,Lima,Acme,UTC,9,2026-01-01,2025-01-01,,en,customer"
 
 
 def _program(make_project: Callable[..., Project], templates: dict[str, str]) -> Project:
-    project = make_project(shipped=False)
+    # One contact, one email per sequence, all in the same tick.
+    project = make_project(shipped=False, extra="[program]\nmin_hours_between_emails = 0\n")
     for name, body in templates.items():
         project.write(f"sequences/{name}.yaml", _sequence(name))
         project.write(f"templates/{name}.mjml", mjml(body))
@@ -196,7 +197,7 @@ def _wait(condition: Callable[[], bool], proc: subprocess.Popen[str], seconds: f
 def test_the_tracking_app_answers_while_run_renders_a_hostile_template(
     make_project: Callable[..., Project],
 ) -> None:
-    project = make_project(shipped=False)
+    project = make_project(shipped=False, extra="[program]\nmin_hours_between_emails = 0\n")
     project.write("sequences/fine.yaml", _sequence("fine"))
     project.write("templates/fine.mjml", mjml("Hi {{ contact.first_name }}"))
     # Partners only: the hostile email falls due when the test says, once `run` is serving.
