@@ -21,13 +21,13 @@ from engine.base.errors import TemplateError
 from engine.inbound.replies.record import ReplyContext, rules_for
 from engine.inbound.tracking.context import TrackingContext
 from engine.mail.smtp import Transport
-from engine.mail.tokens import Links, Signer
 from engine.outbound.notes import Notifier
 from engine.outbound.webhooks import WebhookContext
 from engine.plan.planner import Planner
 from engine.program.sequences import LoadResult, Sequence, load_sequences
 from engine.program.settings import Settings
 from engine.send.render import Renderer
+from engine.send.render_pool import PooledRenderer, RendererSpec
 from engine.send.sender import Sender
 from engine.store.db import Database
 
@@ -50,11 +50,13 @@ class Engine:
     clock: Clock
     db: Database
     loaded: LoadResult
-    renderer: Renderer
+    renderer: PooledRenderer
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock) -> Engine:
-        renderer = build_renderer(settings)
+        renderer = PooledRenderer(
+            renderer_spec(settings), memory_mb=settings.schedule.render_memory_mb
+        )
         loaded = load_sequences(
             settings.sequences_dir, template_exists=lambda name: template_exists(renderer, name)
         )
@@ -130,18 +132,26 @@ class Engine:
 
     def close(self) -> None:
         self.db.dispose()
+        self.renderer.close()
 
 
-def build_renderer(settings: Settings) -> Renderer:
-    links = Links(
-        settings.tracking.base_url, Signer(settings.tracking.secret, settings.tracking.old_secrets)
-    )
-    return Renderer(
-        settings.templates_dir,
-        links=links,
+def renderer_spec(settings: Settings) -> RendererSpec:
+    """What builds the renderer (here and in the render worker) from the settings."""
+    tracking = settings.tracking
+    return RendererSpec(
+        templates_dir=settings.templates_dir,
+        base_url=tracking.base_url,
+        secret=tracking.secret,
+        old_secrets=tuple(tracking.old_secrets),
         sender=settings.sender,
         render_timeout=settings.schedule.render_timeout_seconds,
     )
+
+
+def build_renderer(settings: Settings) -> Renderer:
+    """The in-process renderer (tools, benchmarks); the engine's emails go through
+    ``PooledRenderer``, whose worker process has hard CPU and memory limits."""
+    return renderer_spec(settings).build()
 
 
 def template_exists(renderer: Renderer, name: str) -> bool:

@@ -136,6 +136,7 @@ class ScheduleSettings:
     lease_seconds: float = 300.0
     tick_seconds: float = 5.0
     render_timeout_seconds: float = 2.0
+    render_memory_mb: int = 256  # address space of the process that renders emails
 
     @functools.cached_property
     def window(self) -> SendWindow:
@@ -456,6 +457,8 @@ def _validate(s: Settings) -> None:
         ("schedule.batch_size", s.schedule.batch_size),
         ("schedule.lease_seconds", s.schedule.lease_seconds),
         ("smtp.timeout", s.smtp.timeout),
+        ("schedule.render_timeout_seconds", s.schedule.render_timeout_seconds),
+        ("schedule.render_memory_mb", s.schedule.render_memory_mb),
     ):
         if value <= 0:
             raise SettingsError(key, "must be greater than 0")

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from engine.base.errors import TemplateError
 from engine.mail.mime import OutgoingEmail
 from engine.program.sequences import SendStep, Sequence
 from engine.program.settings import SenderSettings
@@ -105,8 +106,8 @@ def compose(
     now: datetime,
 ) -> OutgoingEmail:
     """The email ``step`` makes for the loaded row, dated ``now`` (``build_message`` turns it
-    into bytes). Raises TemplateError when the template cannot be rendered for this contact
-    (a missing variable ...)."""
+    into bytes). Raises TemplateError naming the step when the template cannot be rendered
+    for this contact (a missing variable, a render limit ...)."""
     message, contact, trigger = loaded.message, loaded.contact, loaded.trigger
     context: dict[str, Any] = {
         "contact": contact.template_context() | ({"advocate": True} if loaded.advocate else {}),
@@ -115,13 +116,17 @@ def compose(
         "referral": _referral_context(trigger),
         "reward": (trigger.data or {}).get("reward") if trigger else None,
     }
-    rendered = renderer.render(
-        step.template,
-        step.subject_for(contact.locale),
-        context,
-        locale=contact.locale,
-        ref=message.ref,
-    )
+    try:
+        rendered = renderer.render(
+            step.template,
+            step.subject_for(contact.locale),
+            context,
+            locale=contact.locale,
+            ref=message.ref,
+        )
+    except TemplateError as exc:
+        # The held email's reason names the step as well as the template (and the limit).
+        raise type(exc)(f"step {seq.id}/{step.id}: {exc}") from exc
     parent_subject = loaded.parent_subject
     subject = rendered.subject or (f"Re: {parent_subject}" if parent_subject else "")
     return OutgoingEmail(

@@ -959,3 +959,42 @@ def test_referral_ask_text_keeps_its_paragraphs(shipped: Renderer, advocate: boo
     ctx = {"contact": contact, "referral": None, "reward": None}
     text = shipped.render("referral-ask.mjml", "", ctx, locale="en", ref=REF).text
     assert "\n\nSo here is a specific question" in text
+
+
+# -- what the sandbox refuses, found by validate ------------------------------------------------
+
+
+def test_check_refuses_what_the_sandbox_would_refuse_with_line_and_column(
+    templates: Path, renderer: Renderer
+) -> None:
+    write(
+        templates,
+        "walk.mjml",
+        mjml(
+            "Hi {{ contact.first_name }} {{ ''.__class__.__mro__ }}\n"
+            "{{ contact.tags.append(1) }} {{ '{0.__class__}'.format(contact) }}\n"
+            "{{ contact | attr('__dict__') }} {{ range(10 ** 3, 10000000) }}\n"
+            "{{ contact['__init__'] }} {{ '%999999999d' | format(1) }} {{ contact._custom }}"
+        ),
+    )
+    found = [(p.line, p.col, p.message) for p in renderer.check("walk.mjml")]
+    assert found == [
+        (6, 35, "unsafe attribute '__class__': templates cannot reach it"),
+        (6, 45, "unsafe attribute '__mro__': templates cannot reach it"),
+        (7, 17, "unsafe call .append(): templates cannot change values"),
+        (7, 49, "the format field {0.__class__} reaches into a private attribute"),
+        (8, 20, "unsafe attribute '__dict__': templates cannot reach it"),
+        (9, 13, "unsafe attribute '__init__': templates cannot reach it"),
+        (9, 46, "a format width over the render budget"),
+    ], found  # contact's own fields are data, even "_custom"; range's bound is not constant
+    path = str(templates / "walk.mjml")
+    assert all(str(p).startswith(f"{path}:") for p in renderer.check("walk.mjml"))
+
+
+def test_check_subject_refuses_an_attribute_walk(renderer: Renderer) -> None:
+    message = renderer.check_subject("Hi {{ contact.first_name.__class__.__base__ }}")
+    assert message == "unsafe attribute '__class__': templates cannot reach it"  # the first
+    assert renderer.check_subject("Hi {{ range(99999999) | length }}") == (
+        "range() of 99999999 items is over the render budget"
+    )
+    assert renderer.check_subject("Hi {{ contact.first_name }}") is None

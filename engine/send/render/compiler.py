@@ -47,6 +47,7 @@ from engine.send.render.mjml_scan import (
 from engine.send.render.model import CONTEXT_NAMES, TemplateProblem
 from engine.send.render.protect import Placeholders, ProtectingLoader, Restorer, SourceFile, Tag
 from engine.send.render.sandbox import Sandbox
+from engine.send.render.unsafe import unsafe_code
 
 
 class _Problems:
@@ -337,8 +338,11 @@ class Compiler:
 
 
 def _lint_names(c: Compiled, where: str, source: str, env: Environment) -> None:
-    """Warn about variables that are not in the template context (typos)."""
+    """Warn about variables that are not in the template context (typos), and about code the
+    sandbox would refuse when rendering (engine.send.render.unsafe)."""
     ast = env.parse(source)
+    for line, col, message in unsafe_code(ast, source):
+        c.problems.append(TemplateProblem(where, line, col, message))
     unknown = meta.find_undeclared_variables(ast) - CONTEXT_NAMES - set(env.globals)
     for name in sorted(unknown):
         line = next((n.lineno for n in ast.find_all(nodes.Name) if n.name == name), 1)

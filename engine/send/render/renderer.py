@@ -33,6 +33,7 @@ from engine.send.render.protect import Placeholders
 from engine.send.render.sandbox import Sandbox
 from engine.send.render.template_links import TemplateLinks
 from engine.send.render.tracking import CLICKS, Clicks, track_html, track_text
+from engine.send.render.unsafe import unsafe_code
 
 _BLANK_LINES = re.compile(r"\n{3,}")
 # How many subjects (and note texts) are kept compiled before the table starts again.
@@ -225,7 +226,8 @@ class Renderer:
         return problems
 
     def check_subject(self, subject: str, names: frozenset[str] = CONTEXT_NAMES) -> str | None:
-        """A Jinja syntax error (or a variable outside ``names``) in a line of text, else None."""
+        """A Jinja syntax error (or a variable outside ``names``, or code the sandbox would
+        refuse) in a line of text, else None."""
         try:
             ast = self._text_env.parse(subject)
         except TemplateSyntaxError as exc:
@@ -233,7 +235,8 @@ class Renderer:
         unknown = meta.find_undeclared_variables(ast) - names - set(self._text_env.globals)
         if unknown:
             return f"unknown variable {sorted(unknown)[0]!r}"
-        return None
+        refused = unsafe_code(ast, subject)
+        return refused[0][2] if refused else None
 
     def render_note(self, source: str, context: Mapping[str, Any]) -> str:
         """Jinja text (a note's subject or body) in the sandbox, under the render deadline;
