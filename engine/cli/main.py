@@ -120,7 +120,7 @@ def _dispatch(args: argparse.Namespace, console: Console, freeze_heap: bool) -> 
 
 def _on_engine(args: argparse.Namespace, engine: Engine, console: Console) -> int:
     """The commands that work on the built engine."""
-    from engine.cli import commands
+    from engine.cli import commands, maintain
 
     match args.command:
         case "contacts" if args.action == "erase":
@@ -160,17 +160,17 @@ def _on_engine(args: argparse.Namespace, engine: Engine, console: Console) -> in
                 note=getattr(args, "note", None),
             )
         case "outbox":
-            return commands.retry_held(engine, args.sequence, console)
+            return maintain.retry_held(engine, args.sequence, console)
         case "replies":
-            return asyncio.run(commands.replies_poll(engine, console))
+            return asyncio.run(maintain.replies_poll(engine, console))
         case "sending":
-            return commands.sending_resume(engine, args.kind, console)
+            return maintain.sending_resume(engine, args.kind, console)
         case "status":
-            return commands.status(engine, console)
+            return maintain.status(engine, console)
         case "webhooks" if args.action == "list":
-            return commands.webhooks_list(engine, args.status, args.limit, console)
+            return maintain.webhooks_list(engine, args.status, args.limit, console)
         case "webhooks":
-            return commands.webhooks_replay(engine, args.ids, args.all_failed, console)
+            return maintain.webhooks_replay(engine, args.ids, args.all_failed, console)
         case "report":
             return commands.report(
                 engine,
