@@ -36,11 +36,13 @@ DEFAULT_SENDER = "default"
 # connection, so a worker that stops wastes few).
 RESERVE_SECONDS = 0.25
 
-# The slot reservation, on the database's clock (one clock for every host). SQLite's 'now' and
-# PostgreSQL's statement_timestamp() keep one value through the statement.
+# The slot reservation, on the database's clock (one clock for every host), read once the row
+# is ours: SQLite's 'now' after BEGIN IMMEDIATE took the lock; PostgreSQL's clock_timestamp()
+# when the row is updated (statement_timestamp() would be as old as a wait for the row's lock,
+# and the slots handed out that much late).
 _DB_NOW = {
     "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
-    "postgresql": "CAST(EXTRACT(EPOCH FROM statement_timestamp()) AS DOUBLE PRECISION)",
+    "postgresql": "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)",
 }
 _MAX = {"sqlite": "MAX", "postgresql": "GREATEST"}
 
@@ -139,10 +141,9 @@ class DailyQuota:
 class SharedRate:
     """The send rate of one sender across every worker (``rate_per_second`` 0: unlimited).
 
-    ``delay`` hands out this worker's next slot: seconds to wait before the send (0 when
-    it is due), reserving a few more through ``conn`` when none is left. A slot more than half
-    an interval in the past is dropped rather than used late, so no send bunches up with the
-    slots other workers hold.
+    ``slot`` hands out this worker's next send instant, reserving a few more through ``conn``
+    when none is left. A slot more than half an interval in the past is dropped rather than
+    used late (``missed``), so no send bunches up with the slots other workers hold.
     """
 
     def __init__(
@@ -156,12 +157,13 @@ class SharedRate:
         self._slots: deque[float] = deque()  # on time.monotonic()
         self._row_made = False
 
-    def delay(self, conn: Connection) -> float:
-        """Seconds until this worker's next slot (reserving more when none is left)."""
+    def slot(self, conn: Connection) -> float:
+        """This worker's next send slot on time.monotonic() (reserving more through ``conn``
+        when none is left); 0.0 when the rate is unlimited."""
         if not self.interval:
             return 0.0
         now = time.monotonic()
-        while self._slots and self._slots[0] < now - self.interval / 2:
+        while self._slots and self.missed(self._slots[0], now):
             self._slots.popleft()  # too late to use without crowding others' slots
         if not self._slots:
             if not self._row_made:  # before conn's transaction: SQLite has one writer
@@ -169,7 +171,13 @@ class SharedRate:
                     insert_ignore(session, self.db, SenderQuota, [{"sender_id": self.sender_id}])
                 self._row_made = True
             self._slots.extend(transaction(conn, self._reserved))
-        return max(0.0, self._slots.popleft() - now)
+        return self._slots.popleft()
+
+    def missed(self, slot: float, now: float | None = None) -> bool:
+        """True when ``slot`` is more than half an interval gone (the worker waited for the
+        database meanwhile): sending now would crowd the slots of other workers."""
+        late = (time.monotonic() if now is None else now) - slot
+        return bool(self.interval) and late > self.interval / 2
 
     def _reserved(self, conn: Connection) -> list[float]:
         """Advance the row's next free slot by ``batch`` slots; ours, on time.monotonic()."""

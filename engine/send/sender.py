@@ -75,6 +75,11 @@ class SendProgress(Protocol):
         """That many claimed emails were dealt with: sent, retried, failed, held or skipped."""
 
 
+async def _sleep_until(instant: float) -> None:
+    """Sleep until ``instant`` on time.monotonic() (at once when it has passed)."""
+    await asyncio.sleep(max(0.0, instant - time.monotonic()))
+
+
 def _nothing(emails: int) -> None:
     """No progress to report."""
 
@@ -209,11 +214,12 @@ class Sender:
             c, ready = upcoming
             # The rate slot first: the lease is checked (and extended) after the wait, never
             # before it.
-            if delay := self.rate.delay(conn):
+            slot = self.rate.slot(conn)
+            if slot > time.monotonic():
                 if unrecorded is not None:  # no mark may wait behind a sleep
                     await self._record_sent(unrecorded[0], run.stats, unrecorded[1], conn)
                     unrecorded = None
-                await asyncio.sleep(delay)
+                await _sleep_until(slot)
             if run.halted():
                 run.untouched.append(c)
                 upcoming = self._prepare_next(run)
@@ -236,6 +242,8 @@ class Sender:
             # transaction that marks this one sent as soon as the server accepted it.
             upcoming = self._prepare_next(run)
             unrecorded = None
+            if mine and self.rate.missed(slot):  # the fence or the render outlasted the slot
+                await _sleep_until(self.rate.slot(conn))  # the lease is checked before DATA
             if mine:
                 unrecorded = await self._send(c, ready, run, conn, fenced_at)
             else:
