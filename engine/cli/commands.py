@@ -245,6 +245,11 @@ def print_tick(result: TickResult, console: Console, now: str) -> None:
         f"stopped {p.stopped}, completed {p.completed}"
         + (f", waiting for the send window {s.deferred}" if s.deferred else "")
         + (f", notes to the team {result.notes}" if result.notes else "")
+        + (
+            f", due today {s.due_today}, waiting for tomorrow's cap {s.over_cap}"
+            if s.due_today is not None
+            else ""
+        )
         + (" [sending paused]" if s.paused else ""),
         highlight=False,
         markup=False,

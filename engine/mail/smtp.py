@@ -1,4 +1,9 @@
-"""SMTP delivery: a pool of reused aiosmtplib connections, a shared rate limit, one classifier.
+"""SMTP delivery: a pool of reused aiosmtplib connections, a rate limit, one classifier.
+
+The outbox's sender paces itself through the database (engine.send.quota: one rate for every
+process) and says so with ``paced``; other callers (notes to the team) are spaced by the
+transport's own pacer, per process. ``before_data`` lets the caller withhold a message at the
+last moment before DATA (the sender proves it still holds the email's lease there).
 
 ``classify`` is the one place an SMTP reply becomes TemporaryFailure, PermanentFailure or
 PolicyFailure; retry and backoff belong to the caller (the outbox).
@@ -10,6 +15,7 @@ import asyncio
 import logging
 import re
 import ssl
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -47,11 +53,30 @@ _SENDER_ADDRESS_DETAILS = frozenset({7, 8})
 _LINE_END_RE = re.compile(rb"\r\n|\r|\n")
 
 
+# Asked once the recipient is accepted, right before DATA: False withholds the message.
+BeforeData = Callable[[], Awaitable[bool]]
+
+
+class DataWithheld(Exception):
+    """The caller's ``before_data`` withheld the message: nothing of it was sent (the
+    envelope was reset, the connection stays usable)."""
+
+
 class Transport(Protocol):
     """Hands one message to the mail system for one recipient."""
 
-    async def send(self, sender: str, recipient: str, data: bytes) -> None:
-        """Deliver ``data``; raise TemporaryFailure, PermanentFailure or PolicyFailure."""
+    async def send(
+        self,
+        sender: str,
+        recipient: str,
+        data: bytes,
+        *,
+        before_data: BeforeData | None = None,
+        paced: bool = False,
+    ) -> None:
+        """Deliver ``data``; raise TemporaryFailure, PermanentFailure or PolicyFailure, or
+        DataWithheld when ``before_data`` says no. ``paced``: the caller already waited for
+        its rate slot (else the transport spaces its sends by ``rate_per_second``)."""
         ...
 
     async def close(self) -> None:
@@ -190,9 +215,10 @@ class SmtpTransport:
     """A Transport over up to ``settings.connections`` reused aiosmtplib connections.
 
     Each send borrows a connection (the most recently used first, so a trickle of mail keeps
-    one connection warm), paces itself by ``settings.rate_per_second``, and runs MAIL / RCPT /
-    DATA. Dropped connections are reopened lazily on the next send; after a refused command
-    the envelope is reset (RSET) so the connection stays usable. ``tls_context`` overrides
+    one connection warm), paces itself by ``settings.rate_per_second`` unless the caller did,
+    and runs MAIL / RCPT / DATA, asking ``before_data`` (when given) between RCPT and DATA.
+    Dropped connections are reopened lazily on the next send; after a refused command the
+    envelope is reset (RSET) so the connection stays usable. ``tls_context`` overrides
     the default certificate checks (a private CA, tests).
     """
 
@@ -230,8 +256,17 @@ class SmtpTransport:
     ) -> None:
         await self.close()
 
-    async def send(self, sender: str, recipient: str, data: bytes) -> None:
-        """Deliver ``data`` from ``sender`` to ``recipient``; raise a classified TransportError."""
+    async def send(
+        self,
+        sender: str,
+        recipient: str,
+        data: bytes,
+        *,
+        before_data: BeforeData | None = None,
+        paced: bool = False,
+    ) -> None:
+        """Deliver ``data`` from ``sender`` to ``recipient``; raise a classified TransportError
+        (or DataWithheld: see Transport.send)."""
         try:
             sender = check_address(sender)
         except ValueError as exc:
@@ -242,8 +277,9 @@ class SmtpTransport:
             raise PermanentFailure(f"invalid recipient address: {exc}") from exc
         client = await self._idle.get()
         try:
-            await self._pacer.wait()
-            await self._deliver(client, sender, recipient, data)
+            if not paced:
+                await self._pacer.wait()
+            await self._deliver(client, sender, recipient, data, before_data)
         finally:
             self._idle.put_nowait(client)
 
@@ -257,7 +293,12 @@ class SmtpTransport:
                 self._idle.put_nowait(client)
 
     async def _deliver(
-        self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes
+        self,
+        client: aiosmtplib.SMTP,
+        sender: str,
+        recipient: str,
+        data: bytes,
+        before_data: BeforeData | None,
     ) -> None:
         """One SMTP transaction, on a fresh connection when the pooled one went stale."""
         while True:
@@ -270,9 +311,14 @@ class SmtpTransport:
                 await client.mail(sender, options=options)
                 stage = "RCPT TO"
                 await client.rcpt(recipient)
+                if before_data is not None and not await before_data():
+                    await self._reset(client)
+                    raise DataWithheld(f"{recipient}: withheld before DATA")
                 stage = "DATA"
                 await _data(client, data)
                 return
+            except DataWithheld:
+                raise
             except aiosmtplib.SMTPServerDisconnected as exc:
                 client.close()
                 if stage == "MAIL FROM" and not fresh:

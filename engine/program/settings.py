@@ -112,6 +112,15 @@ class TrackingSettings:
 
 
 @dataclass(frozen=True)
+class Warmup:
+    """A new sender's ramp: ``start`` emails on the day of its first send, ``step`` more each
+    day after, until ``sender.daily_cap``. ``start = 0``: no ramp, the cap from day one."""
+
+    start: int = 50
+    step: int = 50
+
+
+@dataclass(frozen=True)
 class SenderSettings:
     from_name: str = "Acme Team"
     from_email: str = "team@example.com"
@@ -119,6 +128,10 @@ class SenderSettings:
     postal_address: str = "Acme Inc., 1 Main St, Springfield"
     feedback_id: str = "referral-engine"  # last field of Feedback-ID (sender id)
     unsubscribe_mailto: str = ""  # optional mailto: for List-Unsubscribe
+    # Emails a day at most (the day of [schedule] timezone), reached through ``warmup`` from
+    # the first send on: a new domain that mails everyone at once lands in spam. 0: no cap.
+    daily_cap: int = 1000
+    warmup: Warmup = field(default_factory=Warmup)
 
 
 @dataclass(frozen=True)
@@ -269,6 +282,8 @@ def _coerce(key: str, value: Any, target: Any, *, secret: bool = False) -> Any:
             return target(value)
         except (TypeError, ValueError):
             raise SettingsError(key, f"expected {what}, got {got}") from None
+    if target is Warmup:
+        return _warmup(key, value)
     if target is str:
         if not isinstance(value, str):
             raise SettingsError(key, f"expected a string, got {got}")
@@ -293,6 +308,23 @@ def _env_list(key: str, text: str, got: str) -> Any:
         return json.loads(text)
     except ValueError:
         raise SettingsError(key, f"not a JSON array of strings: {got}") from None
+
+
+def _warmup(key: str, value: Any) -> Warmup:
+    """``{start = 50, step = 50}`` in TOML, ``"50,50"`` or ``"off"`` from the environment."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+        if value.strip().lower() in {"off", "0", "none"}:
+            return Warmup(start=0, step=0)
+        if len(parts) != 2:
+            raise SettingsError(key, f'expected "START,STEP" or "off", got {value!r}')
+        value = dict(zip(("start", "step"), parts, strict=True))
+    if not isinstance(value, dict) or set(value) - {"start", "step"}:
+        raise SettingsError(key, f"expected {{start = N, step = N}}, got {value!r}")
+    numbers = {k: _coerce(f"{key}.{k}", v, int) for k, v in value.items()}
+    if any(n < 0 for n in numbers.values()):
+        raise SettingsError(key, "start and step must not be negative")
+    return Warmup(**numbers)
 
 
 def _build_section(name: str, cls: type, raw: Mapping[str, Any], env: Mapping[str, str]) -> Any:
@@ -464,6 +496,20 @@ def _validate(s: Settings) -> None:
             raise SettingsError(key, "must be greater than 0")
     if s.smtp.rate_per_second < 0:
         raise SettingsError("smtp.rate_per_second", "must not be negative")
+    if s.smtp.rate_per_second and s.smtp.connections / s.smtp.rate_per_second > (
+        s.schedule.lease_seconds
+    ):
+        # Each connection gets a slot every connections / rate seconds: a claimed batch
+        # would wait longer than its lease, and others would take it over meanwhile.
+        raise SettingsError(
+            "smtp.rate_per_second",
+            f"{s.smtp.connections} connections at {s.smtp.rate_per_second:g} emails/s wait "
+            f"{s.smtp.connections / s.smtp.rate_per_second:g} s for a turn, longer than "
+            f"schedule.lease_seconds ({s.schedule.lease_seconds:g}); lower smtp.connections "
+            "or raise schedule.lease_seconds",
+        )
+    if s.sender.daily_cap < 0:
+        raise SettingsError("sender.daily_cap", "must not be negative (0: no cap)")
     if not s.tracking.secret:
         raise SettingsError("tracking.secret", "must not be empty")
     if not s.tracking.base_url.startswith(("http://", "https://")):

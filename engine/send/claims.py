@@ -31,6 +31,7 @@ from sqlalchemy import (
 
 from engine.base.clock import Clock
 from engine.records.pauses import active_pause
+from engine.send.quota import DailyQuota
 from engine.store.db import Database
 from engine.store.lease import OUTBOX, Claimed
 from engine.store.models import Contact, Enrollment, Event, Message, Suppression
@@ -95,12 +96,14 @@ _START_NEXT_WAIT = Prepared(
 
 @dataclass(frozen=True, kw_only=True)
 class Claims:
-    """One worker's claims on the outbox: ``worker_id`` holds what it claims for ``lease``."""
+    """One worker's claims on the outbox: ``worker_id`` holds what it claims for ``lease``,
+    within the sender's daily cap (``quota``, counted in the claim's transaction)."""
 
     db: Database
     clock: Clock
     worker_id: str
     lease: timedelta
+    quota: DailyQuota | None = None
 
     @staticmethod
     def claimable(columns: Any, now: datetime) -> Select[Any]:
@@ -126,14 +129,16 @@ class Claims:
         with self.db.session() as session:
             return session.scalar(self.claimable(func.count(), self.clock.now())) or 0
 
-    def claim(self, limit: int) -> list[Claimed]:
-        """Take up to ``limit`` due rows (or rows whose lease expired) under a fresh lease;
-        none while sending is paused."""
-        now = self.clock.now()
+    def claim(self, limit: int, now: datetime | None = None) -> list[Claimed]:
+        """Take up to ``limit`` due rows (or rows whose lease expired) under a fresh lease, at
+        most what today's cap has room for; none while sending is paused."""
+        now = now or self.clock.now()
         with self.db.write() as session:
             if active_pause(session, now) is not None:
                 return []
-            return OUTBOX.claim(
+            if self.quota is not None and (limit := self.quota.take(session, now, limit)) <= 0:
+                return []
+            claimed = OUTBOX.claim(
                 session,
                 self.db,
                 self.claimable(Message.id, now),
@@ -141,6 +146,9 @@ class Claims:
                 until=now + self.lease,
                 limit=limit,
             )
+            if self.quota is not None:
+                self.quota.charge(session, len(claimed))
+            return claimed
 
     def release(self, claimed: list[Claimed]) -> None:
         """Give rows back unsent (shutdown, pause); they keep their Message-ID and attempts-1."""

@@ -9,12 +9,20 @@ Per email the database sees one write transaction: a claimed batch is loaded wit
 queries, and each worker renders its next email before sending the current one, so that the
 transaction marking the current one sent (right after the server accepted it, with no await in
 between) also fences the next one.
+
+The order of one send: wait for the rate slot (engine.send.quota, shared by every process),
+then the fencing check, which extends the lease; MAIL and RCPT; then, right before DATA, the
+lease is extended again (unless the fence is under a second old), and the email is withheld
+when it cannot be: a worker paused mid-exchange (a stalled server, a GC pause, SIGSTOP) whose
+email someone else took over never sends it too. Duplicates stay bounded by what was in flight
+at a crash, never by slowness.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,12 +34,15 @@ from sqlalchemy import Connection
 from engine.base.clock import Clock
 from engine.base.errors import PermanentFailure, PolicyFailure, TemplateError, TemporaryFailure
 from engine.mail.mime import build_message
-from engine.mail.smtp import Transport
+from engine.mail.smtp import DataWithheld, Transport
 from engine.program.sequences import Sequence
 from engine.program.settings import Settings
+from engine.program.windows import parse_zone
+from engine.send import outcomes
 from engine.send.batch import Loaded, Ready, compose, find_step, load
 from engine.send.claims import Claims
-from engine.send.outcomes import Outcomes, SendStats
+from engine.send.outcomes import Outcomes
+from engine.send.quota import DEFAULT_SENDER, DailyQuota, SharedRate
 from engine.send.render import Renderer
 from engine.store.db import Database, transaction
 from engine.store.lease import Claimed
@@ -39,6 +50,19 @@ from engine.store.lease import Claimed
 __all__ = ["Claimed", "SendProgress", "SendStats", "Sender"]
 
 log = logging.getLogger("engine.sender")
+
+# A lease extended this recently still runs for nearly all of it: no need to extend it again
+# before DATA (the common case costs no extra transaction). Real elapsed time, whatever clock
+# the engine runs on: a worker paused longer than this checks with the database.
+FRESH_FENCE_SECONDS = 1.0
+
+
+@dataclass
+class SendStats(outcomes.SendStats):
+    """What a ``send_due`` did, and, under a daily cap, what today's cap left for later."""
+
+    due_today: int | None = None  # due now and within today's cap (None: no cap)
+    over_cap: int = 0  # due now but over today's cap: they wait for tomorrow's
 
 
 class SendProgress(Protocol):
@@ -49,6 +73,11 @@ class SendProgress(Protocol):
 
     def advance(self, emails: int) -> None:
         """That many claimed emails were dealt with: sent, retried, failed, held or skipped."""
+
+
+async def _sleep_until(instant: float) -> None:
+    """Sleep until ``instant`` on time.monotonic() (at once when it has passed)."""
+    await asyncio.sleep(max(0.0, instant - time.monotonic()))
 
 
 def _nothing(emails: int) -> None:
@@ -92,7 +121,22 @@ class Sender:
         self.clock = clock
         self.worker_id = worker_id
         self.lease = timedelta(seconds=settings.schedule.lease_seconds)
-        self.claims = Claims(db=db, clock=clock, worker_id=worker_id, lease=self.lease)
+        self.quota = DailyQuota(
+            db=db,
+            daily_cap=settings.sender.daily_cap,
+            warmup=settings.sender.warmup,
+            timezone=parse_zone(settings.schedule.timezone),
+            sender_id=DEFAULT_SENDER,
+        )
+        self.rate = SharedRate(
+            db,
+            rate_per_second=settings.smtp.rate_per_second,
+            connections=settings.smtp.connections,
+            sender_id=DEFAULT_SENDER,
+        )
+        self.claims = Claims(
+            db=db, clock=clock, worker_id=worker_id, lease=self.lease, quota=self.quota
+        )
         self.outcomes = Outcomes(db=db, sequences=sequences, settings=settings, clock=clock)
 
     def count_due(self) -> int:
@@ -112,17 +156,36 @@ class Sender:
     async def send_due(
         self, stop: asyncio.Event | None = None, progress: SendProgress | None = None
     ) -> SendStats:
-        """Send everything due now, batch by batch, until none is left, a pause, or ``stop``."""
+        """Send everything due now, batch by batch, until none is left, today's cap is
+        reached, a pause, or ``stop``."""
         stats = SendStats()
-        batch_size = self.settings.schedule.batch_size
-        if progress is not None:
-            progress.start(await asyncio.to_thread(self.count_due))
+        batch_size = self._batch_size()
+        due = None
+        if progress is not None or self.quota.daily_cap > 0:
+            due = await asyncio.to_thread(self.count_due)
+        if progress is not None and due is not None:
+            progress.start(due)
+        if due is not None and (room := self.quota.room(self.clock.now())) is not None:
+            stats.due_today = min(due, room)
+            stats.over_cap = due - stats.due_today
         while not (stop and stop.is_set()) and not stats.paused:
-            claimed = self.claim(batch_size)
+            now = self.clock.now()
+            claimed = self.claims.claim(batch_size, now)
             if not claimed:
                 break
+            sent = stats.sent
             await self.deliver(claimed, stats, stop, progress)
+            self.quota.refund(self.quota.today(now), len(claimed) - (stats.sent - sent))
         return stats
+
+    def _batch_size(self) -> int:
+        """Rows per claim: no more than half a lease's worth at the rate, so that a batch
+        goes out before its lease runs out rather than be taken over (an attempt counted)."""
+        size = self.settings.schedule.batch_size
+        rate = self.settings.smtp.rate_per_second
+        if rate > 0:
+            size = min(size, max(1, int(rate * self.lease.total_seconds() / 2)))
+        return size
 
     async def deliver(
         self,
@@ -149,6 +212,14 @@ class Sender:
         upcoming = self._prepare_next(run)
         while upcoming is not None:
             c, ready = upcoming
+            # The rate slot first: the lease is checked (and extended) after the wait, never
+            # before it.
+            slot = self.rate.slot(conn)
+            if slot > time.monotonic():
+                if unrecorded is not None:  # no mark may wait behind a sleep
+                    await self._record_sent(unrecorded[0], run.stats, unrecorded[1], conn)
+                    unrecorded = None
+                await _sleep_until(slot)
             if run.halted():
                 run.untouched.append(c)
                 upcoming = self._prepare_next(run)
@@ -165,13 +236,16 @@ class Sender:
                 return marked, self.claims.fence(tx, c)
 
             marked, mine = transaction(conn, mark_and_fence)
+            fenced_at = time.monotonic()
             self._count_sent(marked, run.stats)
             # Render the next email now, before this send, so its fence can share the
             # transaction that marks this one sent as soon as the server accepted it.
             upcoming = self._prepare_next(run)
             unrecorded = None
+            if mine and self.rate.missed(slot):  # the fence or the render outlasted the slot
+                await _sleep_until(self.rate.slot(conn))  # the lease is checked before DATA
             if mine:
-                unrecorded = await self._send(c, ready, run)
+                unrecorded = await self._send(c, ready, run, conn, fenced_at)
             else:
                 run.stats.skipped += 1
                 if mine is None:
@@ -182,11 +256,29 @@ class Sender:
         if unrecorded is not None:
             await self._record_sent(unrecorded[0], run.stats, unrecorded[1], conn)
 
-    async def _send(self, c: Claimed, ready: Ready, run: _Run) -> tuple[Claimed, str] | None:
-        """One SMTP transaction. A refusal's outcome is recorded at once; an accepted email is
-        returned, for the next transaction to mark sent."""
+    async def _send(
+        self, c: Claimed, ready: Ready, run: _Run, conn: Connection, fenced_at: float
+    ) -> tuple[Claimed, str] | None:
+        """One SMTP transaction, the lease extended before DATA. A refusal's outcome is
+        recorded at once; an accepted email is returned, for the next transaction to mark
+        sent."""
+
+        async def still_mine() -> bool:
+            if time.monotonic() - fenced_at < FRESH_FENCE_SECONDS:
+                return True
+            return transaction(conn, lambda tx: self.claims.fence(tx, c)) is True
+
         try:
-            await self.transport.send(self.settings.sender.from_email, ready.recipient, ready.data)
+            await self.transport.send(
+                self.settings.sender.from_email,
+                ready.recipient,
+                ready.data,
+                before_data=still_mine,
+                paced=True,
+            )
+        except DataWithheld:
+            run.stats.skipped += 1
+            log.warning("lease_lost_before_data message=%s fence=%s", c.id, c.fence)
         except TemporaryFailure as exc:
             self.outcomes.retry(c, exc, run.stats, run.loaded[c.id])
         except PolicyFailure as exc:

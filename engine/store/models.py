@@ -6,7 +6,7 @@ PostgreSQL compare them the same way.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -14,7 +14,9 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -391,3 +393,17 @@ class Alert(Base):
     message: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     pause_until: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
+
+
+class SenderQuota(Base):
+    """A sender's shared sending limits (engine.send.quota), one row per sender id ("default"
+    for ``[sender]``): the rate's next free slot and the day's count under the daily cap."""
+
+    __tablename__ = "sender_quotas"
+
+    sender_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    # Seconds since the epoch on the database's clock: every process and host reads one clock.
+    next_slot: Mapped[float] = mapped_column(Double, default=0.0, server_default=text("0"))
+    first_day: Mapped[date | None] = mapped_column(Date)  # the sender's day of its first send
+    day: Mapped[date | None] = mapped_column(Date)  # the day ``used`` counts
+    used: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))

@@ -63,18 +63,27 @@ async def test_a_worker_whose_lease_expired_cannot_send_or_record(program: Proje
     engine.close()
 
 
-async def test_two_workers_share_the_work_without_sending_twice(program: Project) -> None:
-    contacts(program, *promoters(40))
+def test_two_workers_share_the_work_without_sending_twice(program: Project) -> None:
+    """Two worker processes (their claims race, as in production), small batches."""
+    n = 40
+    contacts(program, *promoters(n))
     engine = program.engine()
     engine.planner().plan()
-    async with SmtpTransport(engine.settings.smtp) as transport:
-        a = engine.sender(transport, worker_id="a")
-        b = engine.sender(transport, worker_id="b")
-        sa, sb = await asyncio.gather(a.send_due(), b.send_due())
-    assert sa.sent + sb.sent == 40
-    received = Counter(m.rcpt_tos[0] for m in program.sink.messages)
-    assert len(received) == 40 and set(received.values()) == {1}
     engine.close()
+    program.sink.delay_seconds = 0.05  # each worker is still at it when the other claims
+    cmd, env = engine_command(program, "tick")
+    env |= {"ENGINE_SCHEDULE_BATCH_SIZE": "2", "ENGINE_SMTP_CONNECTIONS": "2"}
+    workers = [
+        subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [w.communicate(timeout=120)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    shares = [int(out.split("sent ", 1)[1].split(",", 1)[0]) for out in outputs]
+    assert sum(shares) == n and all(shares), shares
+    received = Counter(m.rcpt_tos[0] for m in program.sink.messages)
+    assert len(received) == n and set(received.values()) == {1}
+    assert {r.status for r in outbox(program).values()} == {"sent"}
 
 
 @pytest.mark.slow

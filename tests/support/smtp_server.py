@@ -10,6 +10,7 @@ replies, required login, STARTTLS or implicit TLS. Fixtures: ``smtp_sink`` (a st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import ssl
@@ -97,6 +98,7 @@ class _Handler:
         address: str,
         options: list[str],
     ) -> str:
+        await self.sink._rcpt_gate()
         with self.sink._lock:
             refusal = self.sink.rcpt_responses.get(address.lower())
         if refusal:
@@ -154,6 +156,8 @@ class SmtpSink:
     - ``credentials``: user -> password; MAIL then requires a successful AUTH
     - ``tls``: "starttls" or "tls" with ``tls_context`` (the server's certificate)
     - ``maildir``: also write each accepted message to ``<maildir>/<n>.eml``
+    - ``stall_next_rcpt()``: the next RCPT gets no answer until ``release_rcpt()`` (a server
+      that stalls mid-exchange); ``wait_for_rcpt_stall()`` says when it is holding one
     """
 
     def __init__(
@@ -193,6 +197,9 @@ class SmtpSink:
         self._peak_data = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._stall_rcpt = False
+        self._rcpt_held: asyncio.Event | None = None  # set by release_rcpt()
+        self._rcpt_stalled = threading.Event()
 
     # -- configuration that is consumed once, set from any thread --------------------------
 
@@ -215,6 +222,32 @@ class SmtpSink:
     def disconnect_on_data_once(self, value: bool) -> None:
         with self._lock:
             self._disconnect_on_data_once = value
+
+    def stall_next_rcpt(self) -> None:
+        """Hold the next RCPT without an answer until ``release_rcpt()`` (60 s at most)."""
+        with self._lock:
+            self._stall_rcpt = True
+            self._rcpt_stalled.clear()
+
+    def wait_for_rcpt_stall(self, timeout: float = 5.0) -> bool:
+        """Block until an RCPT is being held; False on timeout."""
+        return self._rcpt_stalled.wait(timeout)
+
+    def release_rcpt(self) -> None:
+        """Answer the RCPT being held."""
+        held, loop = self._rcpt_held, self._loop
+        if held is not None and loop is not None:
+            loop.call_soon_threadsafe(held.set)
+
+    async def _rcpt_gate(self) -> None:
+        with self._lock:
+            stall, self._stall_rcpt = self._stall_rcpt, False
+        if not stall:
+            return
+        self._rcpt_held = asyncio.Event()
+        self._rcpt_stalled.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._rcpt_held.wait(), 60)
 
     # -- what happened ---------------------------------------------------------------------
 
