@@ -49,6 +49,10 @@ class StoppablePostgres(PostgresServer):
         self.pg_ctl("-o", options, "-l", str(self.dir / "log"), "-w", "-t", "60", "start")
 
 
+def engine_argv(settings: Path) -> list[str]:
+    return [sys.executable, "-m", "engine", "--settings", str(settings)]
+
+
 @pytest.fixture
 def pg() -> Iterator[StoppablePostgres]:
     bin_dir = find_bin_dir()
@@ -107,7 +111,8 @@ def test_run_rides_out_a_database_outage(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "--settings", str(settings), "--now", when(), "run"],
+        # Ticks every 0.5 s: the outage below lasts a few seconds and must meet several.
+        [*engine_argv(settings), "--now", when(), "run", "--interval", "0.5"],
         env={**os.environ, "PYTHONPATH": str(ROOT), "ENGINE_TRACKING_LISTEN": f"127.0.0.1:{port}"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
